@@ -1,0 +1,1 @@
+"""Apache Beam transforms, embedding backends and sinks: thin adapters over ``tiering``."""

@@ -1,0 +1,222 @@
+"""The one Beam pipeline of a tierembed run.
+
+```
+ReadDocuments -> ValidateDocuments -> ScoreDocuments -> PlanBudget (side input)
+  -> RouteByTier -> per "<tier>/<version>" branch: EmbedLocal | EmbedApi (fallback -> local)
+  -> WriteEmbeddings (LanceDB | Weaviate) ; every stage's dead letters -> WriteDeadLetters
+```
+
+``build_pipeline`` only constructs the graph (no model is loaded, torch is not imported);
+``run_pipeline`` runs it with the configured runner and returns the run's Beam counters,
+from which the flow builds the run report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from tiering.backoff import BackoffPolicy
+from tiering.documents import Tier
+from tiering.packing import RequestLimits
+from tiering.pricing import Price, price_for
+from tiering.routing import Rule, RoutingPolicy
+from tiering.settings import ApiModelSettings, TierembedSettings
+from tiering.validation import ValidationRules
+
+from beam_pipeline.api_embedder import ApiEmbedderConfig
+from beam_pipeline.dead_letters import WriteDeadLetters, dead_letter_prefix
+from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
+from beam_pipeline.embed_local import EmbedLocal
+from beam_pipeline.local_embedder import LocalModelSpec
+from beam_pipeline.plan import PlanBudget
+from beam_pipeline.read import ReadDocuments
+from beam_pipeline.route import RouteByTier, branch_tag
+from beam_pipeline.score import ScoreDocuments
+from beam_pipeline.sinks import LanceDBSinkConfig, SinkConfig, WriteEmbeddings
+from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
+
+__all__ = [
+    "ResolvedApi",
+    "PipelineSpec",
+    "PipelineOutcome",
+    "routing_policy",
+    "api_prices",
+    "sink_config",
+    "build_pipeline",
+    "run_pipeline",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedApi:
+    """The API endpoint a run talks to, decided by the flow (see flows.endpoint)."""
+
+    base_url: str | None
+    api_key: str
+    provider: str
+    document_input_type: str | None = None
+    query_input_type: str | None = None
+    max_tokens_per_input: int | None = None  # a cap tighter than the model's, for stand-ins
+
+    def __repr__(self) -> str:
+        return f"ResolvedApi(base_url={self.base_url!r}, provider={self.provider!r}, api_key=***)"
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    settings: TierembedSettings
+    source: str
+    run_id: str
+    budget_usd: float | None
+    api: ResolvedApi
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    run_id: str
+    state: str
+    counters: dict[str, int] = field(default_factory=dict)
+    dead_letter_prefix: str = ""
+
+
+def routing_policy(settings: TierembedSettings) -> RoutingPolicy:
+    r = settings.routing
+    return RoutingPolicy(
+        mode=r.mode,
+        api_threshold=r.api_threshold,
+        rules=tuple(Rule(x.field, x.equals, Tier(x.tier)) for x in r.rules),
+        local_versions=tuple((m.version, m.traffic_weight) for m in settings.local.models),
+        api_versions=tuple((m.version, m.traffic_weight) for m in settings.api.models),
+    )
+
+
+def api_prices(settings: TierembedSettings) -> dict[str, Price]:
+    return {m.version: price_for(m.model, m.price_per_million_tokens) for m in settings.api.models}
+
+
+def sink_config(settings: TierembedSettings) -> SinkConfig:
+    if settings.sink.kind == "lancedb":
+        lc = settings.sink.lancedb
+        return LanceDBSinkConfig(lc.uri, lc.table_prefix, settings.sink.batch_size)
+    from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
+
+    wc = settings.sink.weaviate
+    return WeaviateSinkConfig(
+        url=wc.url, grpc_port=wc.grpc_port, collection=wc.collection,
+        api_key=wc.api_key.get_secret_value() if wc.api_key else None,
+        batch_size=settings.sink.batch_size,
+    )
+
+
+def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> ApiBranch:
+    api = spec.settings.api
+    cfg = ApiEmbedderConfig(
+        base_url=spec.api.base_url,
+        api_key=spec.api.api_key,
+        model=model.model,
+        provider=spec.api.provider,
+        limits=RequestLimits(model.max_inputs_per_request, model.max_tokens_per_request,
+                             min(model.max_tokens_per_input,
+                                 spec.api.max_tokens_per_input or model.max_tokens_per_input)),
+        requests_per_minute=api.requests_per_minute,
+        tokens_per_minute=api.tokens_per_minute,
+        max_in_flight=api.max_in_flight,
+        timeout_s=api.timeout_s,
+        backoff=BackoffPolicy(api.retry.base_delay_s, api.retry.max_delay_s,
+                              api.retry.max_attempts, api.retry.max_total_s),
+        breaker_failure_threshold=api.breaker.failure_threshold,
+        breaker_reset_after_s=api.breaker.reset_after_s,
+        dimensions=model.dimensions,
+        input_type=spec.api.document_input_type,
+    )
+    local_versions = tuple((m.version, m.traffic_weight) for m in spec.settings.local.models)
+    return ApiBranch(model.version, cfg, price, api.breaker.on_open, local_versions)
+
+
+def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
+    """Construct the whole graph on ``p`` (no model is loaded here)."""
+    s = spec.settings
+    rules = ValidationRules(s.input.id_field, s.input.text_field, s.input.metadata_field,
+                            s.input.max_text_chars)
+    policy = routing_policy(s)
+    prices = api_prices(s)
+    per_token = {v: float(pr.per_token) for v, pr in prices.items()}
+
+    raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
+    valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
+    scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
+    plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd)
+    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan)
+
+    dead = [valid[DEAD_LETTERS]]
+    embedded = []
+    fallbacks = []
+    for model in s.api.models:
+        tag = branch_tag(Tier.API, model.version)
+        out = routed[tag] | f"EmbedApi[{model.version}]" >> EmbedApi(
+            _api_branch(spec, model, prices[model.version])
+        )
+        embedded.append(out["embedded"])
+        fallbacks.append(out[FALLBACK])
+        dead.append(out[DEAD_LETTERS])
+    fallback = tuple(fallbacks) | "FlattenFallback" >> beam.Flatten()
+    for m in s.local.models:
+        mine = fallback | f"Fallback[{m.version}]" >> beam.Filter(
+            lambda r, v=m.version: r.model_version == v
+        )
+        branch_in = (routed[branch_tag(Tier.LOCAL, m.version)], mine) | (
+            f"LocalInput[{m.version}]" >> beam.Flatten()
+        )
+        lspec = LocalModelSpec(m.model, s.local.device, s.local.precision, s.local.batch_size,
+                               m.max_input_tokens)
+        out = branch_in | f"EmbedLocal[{m.version}]" >> EmbedLocal(
+            lspec, m.version, s.local.min_batch_docs, s.local.max_batch_docs
+        )
+        embedded.append(out["embedded"])
+        dead.append(out[DEAD_LETTERS])
+
+    all_embedded = tuple(embedded) | "FlattenEmbedded" >> beam.Flatten()
+    written = all_embedded | "WriteEmbeddings" >> WriteEmbeddings(sink_config(s))
+    dead.append(written["dead_letters"])
+    (tuple(dead) | "FlattenDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteDeadLetters(s.dead_letters.dir, spec.run_id))
+
+
+def pipeline_options(settings: TierembedSettings) -> PipelineOptions:
+    ps = settings.pipeline
+    flags = [f"--runner={ps.runner}", *ps.options]
+    if ps.runner in ("DirectRunner", "direct"):
+        flags += [f"--direct_running_mode={ps.direct_running_mode}",
+                  f"--direct_num_workers={ps.direct_num_workers}"]
+    return PipelineOptions(flags)
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    metrics = result.metrics().query(MetricsFilter().with_namespace("tierembed"))
+    for counter in metrics["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run_pipeline(spec: PipelineSpec) -> PipelineOutcome:
+    """Build and run the pipeline to completion; return its counters."""
+    options = pipeline_options(spec.settings)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, spec)
+    result = p.run()
+    result.wait_until_finish()
+    return PipelineOutcome(
+        run_id=spec.run_id,
+        state=str(result.state),
+        counters=_counters(result),
+        dead_letter_prefix=dead_letter_prefix(spec.settings.dead_letters.dir, spec.run_id),
+    )

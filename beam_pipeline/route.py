@@ -1,0 +1,70 @@
+"""RouteByTier: tier and model version per document, as one tagged output per branch.
+
+The decision itself is the pure ``tiering.routing.decide_route``; this DoFn only feeds it the
+budget plan (a side input) and tags the result with ``"<tier>/<version>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from tiering.budget import BudgetPlan, priority_key
+from tiering.documents import RoutedDocument, ScoredDocument, Tier
+from tiering.routing import RoutingPolicy, decide_route
+
+from beam_pipeline.plan import estimated_api_cost
+
+__all__ = ["RouteByTier", "branch_tag", "branch_tags"]
+
+
+def branch_tag(tier: Tier, version: str) -> str:
+    return f"{tier.value}/{version}"
+
+
+def branch_tags(policy: RoutingPolicy) -> list[str]:
+    return [branch_tag(Tier.LOCAL, v) for v, _ in policy.local_versions] + [
+        branch_tag(Tier.API, v) for v, _ in policy.api_versions
+    ]
+
+
+class _RouteFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, policy: RoutingPolicy, price_per_token: dict[str, float]) -> None:
+        self._policy = policy
+        self._prices = price_per_token
+
+    def process(self, scored: ScoredDocument, plan: BudgetPlan) -> Iterator[object]:
+        cost = estimated_api_cost(scored, self._policy, self._prices)
+        key = priority_key(scored.document.id, scored.score, cost)
+        decision = decide_route(scored.document, scored.score, key, self._policy, plan)
+        beam.metrics.Metrics.counter("tierembed", "documents_routed").inc()
+        if decision.over_budget:
+            beam.metrics.Metrics.counter("tierembed", "routed_over_budget").inc()
+        for tier, version in decision.targets:
+            beam.metrics.Metrics.counter("tierembed", f"routed.{tier.value}.{version}").inc()
+            routed = RoutedDocument(scored, tier, version, decision.reason)
+            yield pvalue.TaggedOutput(branch_tag(tier, version), routed)
+
+
+class RouteByTier(beam.PTransform):  # type: ignore[misc]
+    """Scored documents -> a dict of PCollections keyed by ``"<tier>/<version>"``."""
+
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        price_per_token: dict[str, float],
+        plan: beam.PCollection[BudgetPlan],
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.prices = price_per_token
+        self.plan = plan
+
+    def expand(self, scored: beam.PCollection[ScoredDocument]) -> dict[str, beam.PCollection]:
+        tags = branch_tags(self.policy)
+        outputs = scored | "Route" >> beam.ParDo(
+            _RouteFn(self.policy, self.prices), plan=pvalue.AsSingleton(self.plan)
+        ).with_outputs(*tags)
+        return {tag: outputs[tag] for tag in tags}

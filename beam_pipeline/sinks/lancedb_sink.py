@@ -1,0 +1,239 @@
+"""LanceDB: the embedded vector store (the default on a laptop).
+
+Each model version has its own table (``<prefix>__<version>``), because vectors from two
+models live in different spaces and must never share a column. Rows are upserted by
+document id with ``merge_insert``, so a re-run replaces a document's vector in place. The
+writer buffers in ``process`` and flushes when the buffer is full and in ``finish_bundle``;
+a failed flush dead-letters each object of that flush with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from tiering.documents import DeadLetter, EmbeddedDocument
+from tiering.settings import sanitize_identifier
+
+__all__ = ["LanceDBSinkConfig", "LanceDBStore", "SearchHit"]
+
+_log = logging.getLogger(__name__)
+STAGE = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class LanceDBSinkConfig:
+    uri: str
+    table_prefix: str = "docs"
+    batch_size: int = 500
+
+    def table_name(self, model_version: str) -> str:
+        return f"{self.table_prefix}__{sanitize_identifier(model_version)}"
+
+    def create_write_transform(self) -> beam.PTransform:
+        return _WriteLanceDB(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    id: str
+    score: float
+    text: str
+    model_version: str
+    tier: str
+    metadata_json: str
+
+
+def _schema(dim: int) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+        ("metadata", pa.string()), ("content_hash", pa.string()),
+        ("vector", pa.list_(pa.float32(), dim)),
+        ("tier", pa.string()), ("model_version", pa.string()), ("model_name", pa.string()),
+        ("n_chunks", pa.int32()), ("est_tokens", pa.int64()), ("billed_tokens", pa.float64()),
+        ("cost_usd", pa.float64()), ("score", pa.float64()), ("route_reason", pa.string()),
+        ("fell_back", pa.bool_()), ("embedded_at", pa.timestamp("us", tz="UTC")),
+    ])
+
+
+def _to_table(docs: list[EmbeddedDocument]) -> Any:
+    import pyarrow as pa
+
+    dim = len(docs[0].vector)
+    now = datetime.now(timezone.utc)
+    cols: dict[str, list[Any]] = defaultdict(list)
+    for d in docs:
+        cols["id"].append(d.document.id)
+        cols["text"].append(d.document.text)
+        cols["source"].append(d.document.source)
+        cols["metadata"].append(d.document.metadata_json)
+        cols["content_hash"].append(d.document.hash)
+        cols["vector"].append(list(d.vector))
+        cols["tier"].append(d.tier.value)
+        cols["model_version"].append(d.model_version)
+        cols["model_name"].append(d.model_name)
+        cols["n_chunks"].append(d.n_chunks)
+        cols["est_tokens"].append(d.est_tokens)
+        cols["billed_tokens"].append(float(d.billed_tokens))
+        cols["cost_usd"].append(d.cost_usd)
+        cols["score"].append(d.score)
+        cols["route_reason"].append(d.route_reason)
+        cols["fell_back"].append(d.fell_back)
+        cols["embedded_at"].append(now)
+    return pa.table(dict(cols), schema=_schema(dim))
+
+
+class LanceDBStore:
+    """Read/write access to the tables of one LanceDB database."""
+
+    def __init__(self, config: LanceDBSinkConfig) -> None:
+        import lancedb
+
+        self.config = config
+        self.db = lancedb.connect(config.uri)
+
+    def _open(self, version: str, dim: int | None) -> Any:
+        name = self.config.table_name(version)
+        try:
+            return self.db.open_table(name)
+        except ValueError:  # "Table ... was not found"
+            pass
+        if dim is None:
+            return None
+        return self.db.create_table(name, schema=_schema(dim), exist_ok=True)
+
+    def upsert(self, docs: list[EmbeddedDocument]) -> None:
+        """Upsert documents of ONE model version; raises on a dimension mismatch."""
+        version = docs[0].model_version
+        table = self._open(version, len(docs[0].vector))
+        expected = table.schema.field("vector").type.list_size
+        if expected != len(docs[0].vector):
+            raise ValueError(
+                f"table {self.config.table_name(version)} holds {expected}-dim vectors but model "
+                f"version {version} produced {len(docs[0].vector)}; give the new model a new version"
+            )
+        data = _to_table(docs)
+        for attempt in range(5):
+            try:
+                (table.merge_insert("id").when_matched_update_all()
+                 .when_not_matched_insert_all().execute(data))
+                return
+            except Exception as exc:  # concurrent commit conflict: lance asks us to retry
+                if "conflict" not in type(exc).__name__.lower() and "retry" not in str(exc).lower():
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise RuntimeError(f"gave up upserting into {self.config.table_name(version)} after conflicts")
+
+    def versions(self) -> list[str]:
+        prefix = f"{self.config.table_prefix}__"
+        names = self.db.list_tables().tables
+        return sorted(n[len(prefix):] for n in names if n.startswith(prefix))
+
+    def count(self, version: str) -> int:
+        table = self._open(version, None)
+        return 0 if table is None else int(table.count_rows())
+
+    def existing_hashes(self, version: str) -> dict[str, str]:
+        table = self._open(version, None)
+        if table is None:
+            return {}
+        cols = table.to_arrow().select(["id", "content_hash"]).to_pydict()
+        return dict(zip(cols["id"], cols["content_hash"], strict=True))
+
+    def search(self, version: str, vector: list[float], k: int) -> list[SearchHit]:
+        table = self._open(version, None)
+        if table is None:
+            return []
+        rows = (table.search(vector).metric("cosine")
+                .select(["id", "text", "tier", "model_version", "metadata"]).limit(k).to_list())
+        return [
+            SearchHit(r["id"], 1.0 - float(r["_distance"]), r["text"], r["model_version"], r["tier"],
+                      r["metadata"])
+            for r in rows
+        ]
+
+
+class _WriteFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, config: LanceDBSinkConfig) -> None:
+        self._config = config
+        self._store: LanceDBStore | None = None
+        self._buffers: dict[str, list[EmbeddedDocument]] = defaultdict(list)
+
+    def setup(self) -> None:
+        self._store = LanceDBStore(self._config)
+
+    def start_bundle(self) -> None:
+        self._buffers = defaultdict(list)
+
+    def process(self, doc: EmbeddedDocument) -> Iterator[object]:
+        buf = self._buffers[doc.model_version]
+        buf.append(doc)
+        if len(buf) >= self._config.batch_size:
+            yield from self._flush(doc.model_version)
+
+    def finish_bundle(self) -> Iterator[object]:
+        for version in list(self._buffers):
+            for item in self._flush(version):
+                yield _in_global_window(item)
+
+    def _flush(self, version: str) -> Iterable[object]:
+        docs = self._buffers.pop(version, [])
+        if not docs:
+            return []
+        assert self._store is not None
+        try:
+            self._store.upsert(docs)
+        except Exception as exc:  # noqa: BLE001 - every object of the flush is dead-lettered
+            _log.error("upsert of %d documents into LanceDB failed: %s", len(docs), exc)
+            return [pvalue.TaggedOutput("dead_letters", _dead(d, exc)) for d in docs]
+        beam.metrics.Metrics.counter("tierembed", f"written.{version}").inc(len(docs))
+        return [d.document.id for d in docs]
+
+
+def _in_global_window(item: object) -> object:
+    window = GlobalWindow()
+    if isinstance(item, pvalue.TaggedOutput):
+        return pvalue.TaggedOutput(item.tag, WindowedValue(item.value, window.max_timestamp(), [window]))
+    return WindowedValue(item, window.max_timestamp(), [window])
+
+
+def _dead(doc: EmbeddedDocument, exc: Exception) -> DeadLetter:
+    beam.metrics.Metrics.counter("tierembed", "dead_letters.write").inc()
+    return DeadLetter(
+        stage=STAGE,
+        error_type=type(exc).__name__,
+        message=f"document {doc.document.id!r}: upsert into LanceDB failed: {exc}; "
+        "sent to the dead-letter output, replay with `tierembed replay`",
+        retryable=True,
+        doc_id=doc.document.id,
+        source=doc.document.source,
+        payload=json.dumps({"id": doc.document.id, "text": doc.document.text,
+                            "metadata": json.loads(doc.document.metadata_json)}, ensure_ascii=False),
+        tier=doc.tier.value,
+        model_version=doc.model_version,
+    )
+
+
+class _WriteLanceDB(beam.PTransform):  # type: ignore[misc]
+    def __init__(self, config: LanceDBSinkConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, docs: beam.PCollection[EmbeddedDocument]) -> dict[str, beam.PCollection]:
+        out = docs | "Upsert" >> beam.ParDo(_WriteFn(self.config)).with_outputs(
+            "dead_letters", main="written"
+        )
+        return {"written": out.written, "dead_letters": out.dead_letters}

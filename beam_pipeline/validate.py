@@ -1,0 +1,66 @@
+"""ValidateDocuments: raw records -> Documents, with a dead-letter output.
+
+Each record is checked by :func:`tiering.validation.validate_record`; then documents are
+grouped by id so a duplicate id is caught across all files and workers (the first in source
+order is kept, the others are dead-lettered with the location of the one kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from tiering.documents import DeadLetter, Document
+from tiering.validation import RawRecord, ValidationRules, resolve_duplicates, validate_record
+
+__all__ = ["ValidateDocuments", "DEAD_LETTERS"]
+
+DEAD_LETTERS = "dead_letters"
+
+
+class _ValidateFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, rules: ValidationRules) -> None:
+        self._rules = rules
+
+    def process(self, raw: RawRecord) -> Iterator[object]:
+        result = validate_record(raw, self._rules)
+        if isinstance(result, DeadLetter):
+            beam.metrics.Metrics.counter("tierembed", "dead_letters.validate").inc()
+            yield pvalue.TaggedOutput(DEAD_LETTERS, result)
+        else:
+            yield (result.id, result)
+
+
+class _ResolveDuplicatesFn(beam.DoFn):  # type: ignore[misc]
+    def process(self, element: tuple[str, Iterable[Document]]) -> Iterator[object]:
+        doc_id, docs = element
+        keep, letters = resolve_duplicates(doc_id, list(docs))
+        for letter in letters:
+            beam.metrics.Metrics.counter("tierembed", "dead_letters.validate").inc()
+            yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+        beam.metrics.Metrics.counter("tierembed", "documents_valid").inc()
+        yield keep
+
+
+class ValidateDocuments(beam.PTransform):  # type: ignore[misc]
+    """Outputs: ``documents`` (unique, valid) and ``dead_letters``."""
+
+    def __init__(self, rules: ValidationRules) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def expand(self, records: beam.PCollection[RawRecord]) -> dict[str, beam.PCollection]:
+        checked = records | "Check" >> beam.ParDo(_ValidateFn(self.rules)).with_outputs(
+            DEAD_LETTERS, main="keyed"
+        )
+        unique = (
+            checked.keyed
+            | "GroupById" >> beam.GroupByKey()
+            | "ResolveDuplicates" >> beam.ParDo(_ResolveDuplicatesFn()).with_outputs(
+                DEAD_LETTERS, main="documents"
+            )
+        )
+        letters = (checked[DEAD_LETTERS], unique[DEAD_LETTERS]) | "FlattenDeadLetters" >> beam.Flatten()
+        return {"documents": unique.documents, DEAD_LETTERS: letters}

