@@ -76,6 +76,7 @@ class PipelineSpec:
     run_id: str
     budget_usd: float | None
     api: ResolvedApi
+    existing_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,9 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
     scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
-    plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd)
-    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan)
+    existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes])
+    plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd, existing)
+    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, existing)
 
     dead = [valid[DEAD_LETTERS]]
     embedded = []

@@ -17,7 +17,10 @@ from tiering.budget import BudgetPlan, PlanAccumulator, PlanItem, priority_key
 from tiering.documents import ScoredDocument, Tier
 from tiering.routing import RoutingPolicy, wanted_tier
 
-__all__ = ["PlanBudget", "estimated_api_cost"]
+__all__ = ["PlanBudget", "estimated_api_cost", "ExistingHashes"]
+
+# model version -> document id -> content hash already in the store
+ExistingHashes = dict[str, dict[str, str]]
 
 
 def estimated_api_cost(
@@ -51,9 +54,12 @@ class _PlanItemsFn(beam.DoFn):  # type: ignore[misc]
         self._policy = policy
         self._prices = price_per_token
 
-    def process(self, scored: ScoredDocument) -> Iterator[PlanItem]:
+    def process(self, scored: ScoredDocument, existing: ExistingHashes) -> Iterator[PlanItem]:
         tier, _ = wanted_tier(scored.document, scored.score, self._policy)
         if tier is Tier.API:
+            version = assign_version(scored.document.id, self._policy.api_versions, salt="ab-api")
+            if existing.get(version, {}).get(scored.document.id) == scored.document.hash:
+                return  # unchanged: already embedded by this version, costs nothing
             cost = estimated_api_cost(scored, self._policy, self._prices)
             yield PlanItem(priority_key(scored.document.id, scored.score, cost), cost)
 
@@ -62,16 +68,25 @@ class PlanBudget(beam.PTransform):  # type: ignore[misc]
     """Scored documents -> a one-element PCollection holding the BudgetPlan."""
 
     def __init__(
-        self, policy: RoutingPolicy, price_per_token: dict[str, float], budget_usd: float | None
+        self,
+        policy: RoutingPolicy,
+        price_per_token: dict[str, float],
+        budget_usd: float | None,
+        existing: beam.PCollection[ExistingHashes] | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.prices = price_per_token
         self.budget_usd = budget_usd
+        self.existing = existing
 
     def expand(self, scored: beam.PCollection[ScoredDocument]) -> beam.PCollection[BudgetPlan]:
+        existing = self.existing
+        if existing is None:
+            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([{}])
         return (
             scored
-            | "PlanItems" >> beam.ParDo(_PlanItemsFn(self.policy, self.prices))
+            | "PlanItems" >> beam.ParDo(_PlanItemsFn(self.policy, self.prices),
+                                        existing=beam.pvalue.AsSingleton(existing))
             | "Plan" >> beam.CombineGlobally(_PlanCombineFn(self.budget_usd))
         )

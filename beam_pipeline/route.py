@@ -2,6 +2,11 @@
 
 The decision itself is the pure ``tiering.routing.decide_route``; this DoFn only feeds it the
 budget plan (a side input) and tags the result with ``"<tier>/<version>"``.
+
+SkipUnchanged happens here too: a target (document, model version) whose content hash the
+store already holds for that version is dropped, so unchanged documents cost nothing on
+re-runs; a document with no target left is counted as ``skipped_unchanged``. The hashes
+arrive as a side input read from the store before the run (empty on ``--full-refresh``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from tiering.budget import BudgetPlan, priority_key
 from tiering.documents import RoutedDocument, ScoredDocument, Tier
 from tiering.routing import RoutingPolicy, decide_route
 
-from beam_pipeline.plan import estimated_api_cost
+from beam_pipeline.plan import ExistingHashes, estimated_api_cost
 
 __all__ = ["RouteByTier", "branch_tag", "branch_tags"]
 
@@ -35,14 +40,21 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
         self._policy = policy
         self._prices = price_per_token
 
-    def process(self, scored: ScoredDocument, plan: BudgetPlan) -> Iterator[object]:
+    def process(
+        self, scored: ScoredDocument, plan: BudgetPlan, existing: ExistingHashes
+    ) -> Iterator[object]:
+        doc = scored.document
         cost = estimated_api_cost(scored, self._policy, self._prices)
-        key = priority_key(scored.document.id, scored.score, cost)
-        decision = decide_route(scored.document, scored.score, key, self._policy, plan)
+        key = priority_key(doc.id, scored.score, cost)
+        decision = decide_route(doc, scored.score, key, self._policy, plan)
+        targets = [t for t in decision.targets if existing.get(t[1], {}).get(doc.id) != doc.hash]
+        if not targets:
+            beam.metrics.Metrics.counter("tierembed", "skipped_unchanged").inc()
+            return
         beam.metrics.Metrics.counter("tierembed", "documents_routed").inc()
         if decision.over_budget:
             beam.metrics.Metrics.counter("tierembed", "routed_over_budget").inc()
-        for tier, version in decision.targets:
+        for tier, version in targets:
             beam.metrics.Metrics.counter("tierembed", f"routed.{tier.value}.{version}").inc()
             routed = RoutedDocument(scored, tier, version, decision.reason)
             yield pvalue.TaggedOutput(branch_tag(tier, version), routed)
@@ -56,15 +68,22 @@ class RouteByTier(beam.PTransform):  # type: ignore[misc]
         policy: RoutingPolicy,
         price_per_token: dict[str, float],
         plan: beam.PCollection[BudgetPlan],
+        existing: beam.PCollection[ExistingHashes] | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.prices = price_per_token
         self.plan = plan
+        self.existing = existing
 
     def expand(self, scored: beam.PCollection[ScoredDocument]) -> dict[str, beam.PCollection]:
         tags = branch_tags(self.policy)
+        existing = self.existing
+        if existing is None:
+            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([{}])
         outputs = scored | "Route" >> beam.ParDo(
-            _RouteFn(self.policy, self.prices), plan=pvalue.AsSingleton(self.plan)
+            _RouteFn(self.policy, self.prices),
+            plan=pvalue.AsSingleton(self.plan),
+            existing=pvalue.AsSingleton(existing),
         ).with_outputs(*tags)
         return {tag: outputs[tag] for tag in tags}

@@ -26,9 +26,21 @@ from tiering.budget import budget_left
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
 
-__all__ = ["embed_documents", "run_embedding", "new_run_id"]
+__all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes"]
 
 _ = prefect  # imported for its side effect on logging order
+
+
+def existing_hashes(settings: TierembedSettings) -> dict[str, dict[str, str]]:
+    """Content hashes the store holds per configured model version (for SkipUnchanged)."""
+    if settings.sink.kind != "lancedb":
+        return {}  # Weaviate: every run upserts (idempotent by UUID); no skip yet
+    from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
+
+    lc = settings.sink.lancedb
+    store = LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
+    versions = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
+    return {v: store.existing_hashes(v) for v in versions}
 
 
 def new_run_id() -> str:
@@ -50,6 +62,7 @@ def run_embedding(
     budget_usd: Optional[float] = None,
     run_id: Optional[str] = None,
     month_to_date_usd: float = 0.0,
+    full_refresh: bool = False,
 ) -> RunReport:
     """Run the pipeline once and build its report (used by the flow and by tests)."""
     run_id = run_id or new_run_id()
@@ -57,7 +70,8 @@ def run_embedding(
     left = budget_left(per_run, settings.budget.monthly_usd, month_to_date_usd)
     started = time.monotonic()
     with resolve_endpoint(settings.api) as api:
-        spec = PipelineSpec(settings, source, run_id, left, api)
+        existing = {} if full_refresh else existing_hashes(settings)
+        spec = PipelineSpec(settings, source, run_id, left, api, existing)
         outcome = _run_pipeline_task(spec)
     prices = api_prices(settings)
     return build_report(
@@ -101,7 +115,6 @@ def embed_documents(
         files = match_sources(source, settings.input.format)
         logger.info("dry run: settings valid; %d input file(s) match %r", len(files), source)
         return {"dry_run": True, "files": files}
-    _ = full_refresh  # every run re-embeds today; incremental skipping comes with SkipUnchanged
-    report = run_embedding(settings, source, budget_usd=budget_usd)
+    report = run_embedding(settings, source, budget_usd=budget_usd, full_refresh=full_refresh)
     publish_report(report)
     return report.to_dict()

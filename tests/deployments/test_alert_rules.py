@@ -62,9 +62,7 @@ def _tool(name: str) -> str:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run(list(args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -115,9 +113,7 @@ def test_amtool_check_config_accepts_alertmanager_example() -> None:
 )
 def test_amtool_routes_alert_to_receiver(labels: tuple[str, ...], receiver: str) -> None:
     amtool = _tool("amtool")
-    result = _run(
-        amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels
-    )
+    result = _run(amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == receiver
 
@@ -209,9 +205,7 @@ def test_alertmanager_routes_name_existing_receivers() -> None:
 def test_alertmanager_sends_critical_budget_alerts_quickly_to_webhook() -> None:
     config = _alertmanager()
     route = next(
-        route
-        for route in config["route"]["routes"]
-        if 'severity="critical"' in route.get("matchers", [])
+        route for route in config["route"]["routes"] if 'severity="critical"' in route.get("matchers", [])
     )
     assert any("TierembedBudget" in matcher for matcher in route["matchers"])
     assert route["group_wait"] in {"0s", "1s", "5s", "10s"}

@@ -309,14 +309,15 @@ def test_promtool_check_config_accepts_prometheus_yml(tmp_path: Path) -> None:
     rules_dir.mkdir()
     shutil.copy(RULES, rules_dir / RULES.name)
     config = _prometheus()
-    config["rule_files"] = [
-        str(rules_dir / PurePosixPath(pattern).name) for pattern in config["rule_files"]
-    ]
+    config["rule_files"] = [str(rules_dir / PurePosixPath(pattern).name) for pattern in config["rule_files"]]
     rewritten = tmp_path / "prometheus.yml"
     rewritten.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = subprocess.run(
         [promtool, "check", "config", str(rewritten)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

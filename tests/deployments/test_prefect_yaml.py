@@ -10,8 +10,10 @@ checked too. The slow test deploys all three deployments with `prefect --no-prom
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +62,13 @@ def _model() -> PrefectYamlModel:
 
 
 def _deployments() -> dict[str, Any]:
-    return {deployment.name: deployment for deployment in _model().deployments}
+    return {str(deployment.name): deployment for deployment in _model().deployments}
+
+
+def _pull_steps() -> list[dict[str, Any]]:
+    steps = _model().pull
+    assert isinstance(steps, list), "pull must be a list of steps"
+    return steps
 
 
 def _cron(name: str) -> CronSchedule:
@@ -72,10 +80,10 @@ def _cron(name: str) -> CronSchedule:
 
 def _next_fire(schedule: CronSchedule, after: datetime) -> datetime:
     try:
-        from prefect._vendor.croniter import croniter
+        cron_module = importlib.import_module("prefect._vendor.croniter")
     except ImportError:  # Prefect stopped vendoring it
-        croniter = pytest.importorskip("croniter").croniter
-    fire: datetime = croniter(schedule.cron, after).get_next(datetime)
+        cron_module = pytest.importorskip("croniter")
+    fire: datetime = cron_module.croniter(schedule.cron, after).get_next(datetime)
     return fire
 
 
@@ -127,7 +135,7 @@ def test_adhoc_has_no_schedule() -> None:
 
 
 def test_pull_step_enters_tierembed_home_from_the_environment() -> None:
-    steps = _model().pull or []
+    steps = _pull_steps()
     directories = [
         step["prefect.deployments.steps.set_working_directory"]["directory"]
         for step in steps
@@ -151,23 +159,21 @@ def _run_pull_steps(monkeypatch: pytest.MonkeyPatch, home: str | None) -> str:
     else:
         monkeypatch.setenv("TIEREMBED_HOME", home)
     monkeypatch.chdir(REPO_ROOT)  # restored after the test; set_working_directory moves it
-    for step in _model().pull or []:
+    for step in _pull_steps():
         ((fqn, inputs),) = step.items()
         inputs = {key: value for key, value in inputs.items() if key not in {"id", "requires"}}
         result = import_object(fqn)(**apply_values(inputs, dict(os.environ)))
-        if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
             asyncio.run(result)
     return os.getcwd()
 
 
-def test_pull_steps_change_into_tierembed_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pull_steps_change_into_tierembed_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _run_pull_steps(monkeypatch, str(tmp_path)) == str(tmp_path.resolve())
 
 
 def test_pull_steps_without_tierembed_home_fail_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with pytest.raises(RuntimeError, match="TIEREMBED_HOME is unset"):
         _run_pull_steps(monkeypatch, None)
@@ -251,20 +257,30 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     log = (home / "server.log").open("w")
     server = subprocess.Popen(
-        [*command, "--port", str(port)], env=_prefect_env(home, None),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [*command, "--port", str(port)],
+        env=_prefect_env(home, None),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         _wait_healthy(api_url, server, home / "server.log")
         yield api_url, home
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server)
         log.close()
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop the server and anything it started: it leads its own process group."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    except ProcessLookupError:
+        server.wait()
 
 
 def _wait_healthy(api_url: str, server: subprocess.Popen[bytes], log: Path) -> None:
@@ -296,7 +312,12 @@ def _project_dir(tmp_path: Path) -> Path:
 def _prefect(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
 
 
@@ -327,7 +348,7 @@ def test_prefect_deploy_all_creates_the_three_deployments_without_prompts(
     for name, deployment in deployments.items():
         assert deployment.entrypoint == ENTRYPOINT, name
         assert deployment.work_pool_name == WORK_POOL, name
-        assert deployment.pull_steps == _model().pull, name  # placeholder kept for the worker
+        assert deployment.pull_steps == _pull_steps(), name  # placeholder kept for the worker
         assert deployment.enforce_parameter_schema, name
     assert deployments["weekly-full-refresh"].parameters["full_refresh"] is True
     assert [s.schedule.cron for s in deployments["nightly-incremental"].schedules] == ["0 2 * * *"]
