@@ -58,10 +58,10 @@ class _PlanItemsFn(beam.DoFn):  # type: ignore[misc]
         tier, _ = wanted_tier(scored.document, scored.score, self._policy)
         if tier is Tier.API:
             version = assign_version(scored.document.id, self._policy.api_versions, salt="ab-api")
-            if existing.get(version, {}).get(scored.document.id) == scored.document.hash:
-                return  # unchanged: already embedded by this version, costs nothing
-            cost = estimated_api_cost(scored, self._policy, self._prices)
-            yield PlanItem(priority_key(scored.document.id, scored.score, cost), cost)
+            # unchanged documents are already embedded by this version and cost nothing
+            if existing.get(version, {}).get(scored.document.id) != scored.document.hash:
+                cost = estimated_api_cost(scored, self._policy, self._prices)
+                yield PlanItem(priority_key(scored.document.id, scored.score, cost), cost)
 
 
 class PlanBudget(beam.PTransform):  # type: ignore[misc]

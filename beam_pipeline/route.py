@@ -48,10 +48,8 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
         key = priority_key(doc.id, scored.score, cost)
         decision = decide_route(doc, scored.score, key, self._policy, plan)
         targets = [t for t in decision.targets if existing.get(t[1], {}).get(doc.id) != doc.hash]
-        if not targets:
-            beam.metrics.Metrics.counter("tierembed", "skipped_unchanged").inc()
-            return
-        beam.metrics.Metrics.counter("tierembed", "documents_routed").inc()
+        beam.metrics.Metrics.counter(
+            "tierembed", "documents_routed" if targets else "skipped_unchanged").inc()
         if decision.over_budget:
             beam.metrics.Metrics.counter("tierembed", "routed_over_budget").inc()
         for tier, version in targets:

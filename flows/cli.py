@@ -80,11 +80,14 @@ def run(
     set named in the report (replay it with `tierembed replay`).
     """
     _setup_logging(verbose)
+    from beam_pipeline.read import match_sources
     from flows.embed import embed_documents
     from flows.reporting import render_text
-    from tiering.report import RunReport  # noqa: F401
+    from tiering.settings import load_settings
 
     try:
+        # Fail fast, before Prefect starts: bad settings, missing input.
+        match_sources(source, load_settings(config).input.format)
         result = embed_documents(source=source, config_path=str(config) if config else None,
                                  budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh)
     except TierembedError as exc:

@@ -13,6 +13,7 @@ served flow from real annotations.
 import prefect
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 import time
 import uuid
@@ -72,7 +73,9 @@ def run_embedding(
     with resolve_endpoint(settings.api) as api:
         existing = {} if full_refresh else existing_hashes(settings)
         spec = PipelineSpec(settings, source, run_id, left, api, existing)
-        outcome = _run_pipeline_task(spec)
+        # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
+        runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
+        outcome = runner(spec)
     prices = api_prices(settings)
     return build_report(
         run_id=run_id,

@@ -114,7 +114,7 @@ def validate_record(raw: RawRecord, rules: ValidationRules) -> Document | DeadLe
     id_value = fields.get(rules.id_field)
     doc_id = _coerce_id(id_value)
     if doc_id is None:
-        if id_value is None:
+        if id_value is None or isinstance(id_value, str):
             return _dead(raw, "MissingId", f"record has no '{rules.id_field}' field (or it is empty)")
         return _dead(
             raw, "InvalidId", f"'{rules.id_field}' must be a string or integer, got {_type_name(id_value)}"

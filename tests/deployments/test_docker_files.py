@@ -10,6 +10,7 @@ prometheus.yml whose rule path points at a temporary copy of the real rule file.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -159,7 +160,7 @@ def test_dockerfile_installs_cpu_torch_by_default_and_the_bundled_model() -> Non
 
 def test_dockerignore_keeps_venv_and_git_out_of_the_context() -> None:
     patterns = (DOCKER_DIR / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
-    assert {"**/.venv", ".git"} <= set(patterns)
+    assert {"**/.venv", ".git", ".tierembed"} <= set(patterns)
 
 
 def test_dockerfile_beam_version_satisfies_pyproject() -> None:
@@ -212,6 +213,30 @@ def test_compose_worker_builds_worker_target_and_reaches_prefect_server() -> Non
     assert env["TIEREMBED_HOME"] == "/opt/tierembed"
     assert "tierembed-process" in worker["command"]
     assert worker["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    # The spend ledger lives in .tierembed/ under TIEREMBED_HOME: it must outlive the container.
+    state = [v for v in worker["volumes"] if v.endswith(f":{env['TIEREMBED_HOME']}/.tierembed")]
+    assert state and not state[0].startswith((".", "/")), "run state needs a named volume"
+
+
+def test_compose_worker_addresses_name_compose_services_and_ports() -> None:
+    env = _env(_service("worker"))
+    for key in ("TIEREMBED_SINK__WEAVIATE__URL", "TIEREMBED_TELEMETRY__PUSHGATEWAY_URL"):
+        host, port = env[key].removeprefix("http://").split(":")
+        assert int(port) in _container_ports(_service(host)), f"{key}={env[key]}"
+    assert int(env["TIEREMBED_SINK__WEAVIATE__GRPC_PORT"]) in _container_ports(_service("weaviate"))
+
+
+def test_compose_worker_settings_load_with_the_settings_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_module = pytest.importorskip("tiering.settings")
+    for key in [key for key in os.environ if key.startswith("TIEREMBED_")]:
+        monkeypatch.delenv(key)
+    for key, value in _env(_service("worker")).items():
+        if key.startswith("TIEREMBED_"):  # TIEREMBED_HOME included: it must not break loading
+            monkeypatch.setenv(key, value)
+    settings = settings_module.TierembedSettings()
+    assert settings.sink.kind == "weaviate"
+    assert settings.sink.weaviate.url == "http://weaviate:8080"
+    assert settings.telemetry.exporter == "pushgateway"
 
 
 def test_compose_prefect_server_listens_on_all_interfaces() -> None:

@@ -74,7 +74,7 @@ def _pull_steps() -> list[dict[str, Any]]:
 def _cron(name: str) -> CronSchedule:
     (schedule,) = _deployments()[name].schedules
     assert isinstance(schedule, RawScheduleConfig)
-    assert schedule.cron is not None and schedule.active is not False
+    assert schedule.cron is not None
     return CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
 
 
@@ -131,7 +131,16 @@ def test_weekly_full_refresh_runs_at_four_utc_on_sunday() -> None:
 
 
 def test_adhoc_has_no_schedule() -> None:
-    assert _deployments()["adhoc"].schedules == []
+    # null, not []: Prefect 3.9 warns about an empty list on every redeploy.
+    adhoc = _deployments()["adhoc"]
+    assert "schedules" in adhoc.model_fields_set and adhoc.schedules is None
+
+
+def test_schedules_have_slugs_and_leave_active_alone() -> None:
+    for name in ("nightly-incremental", "weekly-full-refresh"):
+        (schedule,) = _deployments()[name].schedules
+        assert schedule.slug, f"{name}: without a slug a redeploy replaces the schedule"
+        assert schedule.active is None, f"{name}: `active` would resume a paused schedule"
 
 
 def test_pull_step_enters_tierembed_home_from_the_environment() -> None:
@@ -328,6 +337,18 @@ async def _read_deployments(api_url: str) -> dict[str, Any]:
         return {deployment.name: deployment for deployment in await client.read_deployments()}
 
 
+def _deploy_all(env: dict[str, str], project: Path) -> None:
+    deployed = _prefect(env, project, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    output = deployed.stdout + deployed.stderr
+    assert deployed.returncode == 0, output
+    # A prefect.yaml that fails validation is skipped with a warning, and still exits 0.
+    assert "Skipping" not in output and "Warning" not in output, output
+
+
+def _schedules(deployment: Any) -> list[tuple[str, str | None, bool]]:
+    return [(s.schedule.cron, s.slug, s.active) for s in deployment.schedules]
+
+
 @pytest.mark.slow
 def test_prefect_deploy_all_creates_the_three_deployments_without_prompts(
     prefect_server: tuple[str, Path], tmp_path: Path
@@ -338,19 +359,22 @@ def test_prefect_deploy_all_creates_the_three_deployments_without_prompts(
     created = _prefect(env, project, "work-pool", "create", WORK_POOL, "--type", "process")
     assert created.returncode == 0, created.stdout + created.stderr
 
-    deployed = _prefect(env, project, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-    output = deployed.stdout + deployed.stderr
-    assert deployed.returncode == 0, output
-    assert "Skipping" not in output, output
-
-    deployments = asyncio.run(_read_deployments(api_url))
-    assert set(deployments) == EXPECTED
-    for name, deployment in deployments.items():
+    _deploy_all(env, project)
+    first = asyncio.run(_read_deployments(api_url))
+    assert set(first) == EXPECTED
+    for name, deployment in first.items():
         assert deployment.entrypoint == ENTRYPOINT, name
         assert deployment.work_pool_name == WORK_POOL, name
         assert deployment.pull_steps == _pull_steps(), name  # placeholder kept for the worker
         assert deployment.enforce_parameter_schema, name
-    assert deployments["weekly-full-refresh"].parameters["full_refresh"] is True
-    assert [s.schedule.cron for s in deployments["nightly-incremental"].schedules] == ["0 2 * * *"]
-    assert [s.schedule.cron for s in deployments["weekly-full-refresh"].schedules] == ["0 4 * * 0"]
-    assert deployments["adhoc"].schedules == []
+    assert first["weekly-full-refresh"].parameters["full_refresh"] is True
+    assert _schedules(first["nightly-incremental"]) == [("0 2 * * *", "nightly-0200-utc", True)]
+    assert _schedules(first["weekly-full-refresh"]) == [("0 4 * * 0", "weekly-sunday-0400-utc", True)]
+    assert first["adhoc"].schedules == []
+
+    # Deploying again updates in place: same deployments, same schedules, nothing duplicated.
+    _deploy_all(env, project)
+    second = asyncio.run(_read_deployments(api_url))
+    assert {name: d.id for name, d in second.items()} == {name: d.id for name, d in first.items()}
+    for name in EXPECTED:
+        assert [s.id for s in second[name].schedules] == [s.id for s in first[name].schedules]

@@ -1,0 +1,419 @@
+"""The spend ledger: what the API tier has cost, month to date and per run, across runs.
+
+A SQLite file (``budget.ledger_path``, default ``.tierembed/ledger.sqlite``) that outlives
+runs. The flow reads it before a run (:meth:`SpendLedger.begin_run`) and records the
+billed spend after it (:meth:`SpendLedger.finish_run`); ``tierembed budget status`` shows it.
+
+Safe under concurrent runs, on one machine or several sharing the file on a local disk:
+the database runs in WAL mode with a busy timeout, and every read-modify-write is one
+``BEGIN IMMEDIATE`` transaction, so two runs never read the same month-to-date and both
+spend the remainder. ``begin_run`` *reserves* the budget it hands the run (the tighter of
+the per-run cap and what the month has left after billed spend and other runs'
+reservations); ``finish_run`` replaces the reservation with the billed figures. A run
+that fails or dies keeps its reservation counted as *unreconciled* spend: the runtime
+guard keeps billed spend within the reservation, so it is a true upper bound, and the
+monthly cap holds even when a run's real bill is unknown. (A per-run cap lets concurrent
+runs share a monthly budget; without one, the first run reserves all the month has left.)
+
+Months are calendar months in UTC, taken from the injected clock when a run begins; a run
+is charged to the month it began in. Network filesystems (NFS, SMB) do not give SQLite
+the locking it needs: keep the ledger on a local disk, or give each worker its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tiering.budget import budget_left
+from tiering.errors import ConfigError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "LedgerError",
+    "SpendLine",
+    "ModelSpend",
+    "RunRecord",
+    "MonthSpend",
+    "Reservation",
+    "SpendLedger",
+    "month_of",
+]
+
+SCHEMA_VERSION = 1
+Clock = Callable[[], datetime]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    month TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    source TEXT NOT NULL DEFAULT '',
+    budget_usd REAL,
+    reserved_usd REAL NOT NULL DEFAULT 0,
+    est_cost_usd REAL NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS runs_month ON runs (month, status);
+CREATE TABLE IF NOT EXISTS spend (
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    month TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    model TEXT NOT NULL,
+    documents INTEGER NOT NULL DEFAULT 0,
+    billed_tokens INTEGER NOT NULL DEFAULT 0,
+    est_cost_usd REAL NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, tier, model_version)
+);
+CREATE INDEX IF NOT EXISTS spend_month ON spend (month);
+"""
+
+
+class LedgerError(ConfigError):
+    """The ledger file cannot be opened or is of an unknown schema; the message says why."""
+
+
+def month_of(moment: datetime) -> str:
+    """The ledger month (``YYYY-MM``, UTC) of ``moment``; naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLine:
+    """What one (tier, model version) cost in one run; the local tier costs 0."""
+
+    tier: str
+    model_version: str
+    model: str
+    documents: int
+    billed_tokens: int
+    est_cost_usd: float
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpend:
+    """A month's spend on one (tier, model version), summed over runs."""
+
+    tier: str
+    model_version: str
+    model: str
+    runs: int
+    documents: int
+    billed_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    month: str
+    started_at: str
+    finished_at: str | None
+    status: str
+    source: str
+    budget_usd: float | None
+    reserved_usd: float
+    est_cost_usd: float
+    cost_usd: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class MonthSpend:
+    """One month: billed spend, reservations of running runs, and unreconciled upper
+    bounds of failed runs. ``committed_usd`` is what a new run's budget is planned against."""
+
+    month: str
+    billed_usd: float
+    reserved_usd: float
+    unreconciled_usd: float
+    running: int
+    failed: int
+    by_model: tuple[ModelSpend, ...]
+
+    @property
+    def charged_usd(self) -> float:
+        """Spend charged to the month: billed plus failed runs' upper bounds."""
+        return self.billed_usd + self.unreconciled_usd
+
+    @property
+    def committed_usd(self) -> float:
+        return self.billed_usd + self.unreconciled_usd + self.reserved_usd
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What :meth:`SpendLedger.begin_run` granted a run.
+
+    ``budget_usd`` is the run's budget (None: no limit at all); ``month_to_date_usd`` is
+    the month's committed spend when the run began (other runs' reservations included).
+    """
+
+    run_id: str
+    month: str
+    budget_usd: float | None
+    month_to_date_usd: float
+
+
+class SpendLedger:
+    """The SQLite spend ledger. Each call opens its own short connection, so one instance
+    may be shared by threads, and many processes may use the same file."""
+
+    def __init__(self, path: str | Path, *, clock: Clock = _utc_now, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path).expanduser()
+        self._clock = clock
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._ensure_schema()
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(
+                f"cannot open the spend ledger {self.path}: {exc}; set budget.ledger_path to a "
+                "writable local file"
+            ) from exc
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the first
+        read, so a read-modify-write never interleaves with another writer."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")  # one consistent snapshot for multi-query reads
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _ensure_schema(self) -> None:
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LedgerError(
+                    f"the spend ledger {self.path} cannot use WAL mode (got {mode!r}); "
+                    "put budget.ledger_path on a local disk"
+                )
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"the spend ledger {self.path} has schema {version}, newer than this "
+                    f"tierembed understands ({SCHEMA_VERSION}); upgrade tierembed"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            # Statement by statement: executescript() would COMMIT the open transaction.
+            for statement in _statements():
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a usable spend ledger: {exc}") from exc
+        finally:
+            conn.close()
+
+    # -- runs -------------------------------------------------------------------------
+
+    def begin_run(
+        self,
+        run_id: str,
+        *,
+        per_run_usd: float | None,
+        monthly_usd: float | None,
+        source: str = "",
+        month_to_date_usd: float | None = None,
+    ) -> Reservation:
+        """Reserve this run's budget: the tighter of ``per_run_usd`` and what the month has
+        left after committed spend. ``month_to_date_usd`` overrides the ledger's figure (a
+        what-if); the reservation is recorded either way. Re-beginning a run id that has
+        finished raises :class:`LedgerError` (run ids are unique)."""
+        now = self._clock()
+        month = month_of(now)
+        with self._write() as conn:
+            existing = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if existing is not None and existing["status"] != "running":
+                raise LedgerError(f"run {run_id!r} is already in the ledger ({existing['status']}); "
+                                  "use a new run id")
+            committed = _committed(conn, month, exclude_run=run_id)
+            mtd = committed if month_to_date_usd is None else month_to_date_usd
+            left = budget_left(per_run_usd, monthly_usd, mtd)
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (run_id, month, started_at, status, source, budget_usd,"
+                " reserved_usd) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (run_id, month, now.isoformat(), source, left, left or 0.0),
+            )
+        return Reservation(run_id, month, left, mtd)
+
+    def finish_run(self, run_id: str, lines: Iterable[SpendLine]) -> RunRecord:
+        """Record the billed spend of ``run_id`` and release its reservation.
+
+        Idempotent: recording the same run again replaces its lines, never adds to them.
+        Also reconciles a failed run once its real bill is known. A run that was never
+        begun is recorded in the current month."""
+        lines = list(lines)
+        now = self._clock()
+        with self._write() as conn:
+            month = self._run_month(conn, run_id, now)
+            conn.execute("DELETE FROM spend WHERE run_id = ?", (run_id,))
+            conn.executemany(
+                "INSERT INTO spend (run_id, month, tier, model_version, model, documents, "
+                "billed_tokens, est_cost_usd, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, month, x.tier, x.model_version, x.model, x.documents, x.billed_tokens,
+                  x.est_cost_usd, x.cost_usd) for x in lines],
+            )
+            conn.execute(
+                "UPDATE runs SET status = 'succeeded', finished_at = ?, reserved_usd = 0, "
+                "est_cost_usd = ?, cost_usd = ?, error = '' WHERE run_id = ?",
+                (now.isoformat(), sum(x.est_cost_usd for x in lines), sum(x.cost_usd for x in lines),
+                 run_id),
+            )
+            return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+
+    def fail_run(self, run_id: str, error: str) -> RunRecord:
+        """Mark ``run_id`` failed. Its reservation stays charged to the month as an
+        unreconciled upper bound until :meth:`finish_run` records the real bill."""
+        now = self._clock()
+        with self._write() as conn:
+            self._run_month(conn, run_id, now)
+            conn.execute(
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
+                (now.isoformat(), error[:2000], run_id),
+            )
+            return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+
+    @staticmethod
+    def _run_month(conn: sqlite3.Connection, run_id: str, now: datetime) -> str:
+        row = conn.execute("SELECT month FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is not None:
+            return str(row["month"])
+        month = month_of(now)
+        conn.execute(
+            "INSERT INTO runs (run_id, month, started_at, status) VALUES (?, ?, ?, 'running')",
+            (run_id, month, now.isoformat()),
+        )
+        return month
+
+    # -- reading ----------------------------------------------------------------------
+
+    def current_month(self) -> str:
+        return month_of(self._clock())
+
+    def month_spend(self, month: str | None = None) -> MonthSpend:
+        """Billed spend per (tier, model version), reservations and unreconciled runs of
+        ``month`` (default: the clock's current month)."""
+        month = month or self.current_month()
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT tier, model_version, model, COUNT(DISTINCT run_id) AS runs, "
+                "SUM(documents) AS documents, SUM(billed_tokens) AS billed_tokens, "
+                "SUM(cost_usd) AS cost_usd FROM spend WHERE month = ? "
+                "GROUP BY tier, model_version, model ORDER BY tier, model_version",
+                (month,),
+            ).fetchall()
+            status = {
+                r["status"]: (int(r["n"]), float(r["reserved"] or 0.0))
+                for r in conn.execute(
+                    "SELECT status, COUNT(*) AS n, SUM(reserved_usd) AS reserved FROM runs "
+                    "WHERE month = ? GROUP BY status",
+                    (month,),
+                )
+            }
+        by_model = tuple(
+            ModelSpend(r["tier"], r["model_version"], r["model"], int(r["runs"]), int(r["documents"]),
+                       int(r["billed_tokens"]), float(r["cost_usd"]))
+            for r in rows
+        )
+        running, reserved = status.get("running", (0, 0.0))
+        failed, unreconciled = status.get("failed", (0, 0.0))
+        return MonthSpend(month, sum(m.cost_usd for m in by_model), reserved, unreconciled,
+                          running, failed, by_model)
+
+    def month_to_date(self, month: str | None = None) -> float:
+        """Spend charged to ``month`` so far (billed + unreconciled), without reservations."""
+        return self.month_spend(month).charged_usd
+
+    def runs(self, *, month: str | None = None, limit: int = 20) -> list[RunRecord]:
+        """The latest runs, newest first (of ``month`` when given)."""
+        query = "SELECT * FROM runs" + (" WHERE month = ?" if month else "")
+        query += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
+        params: tuple[object, ...] = (month, limit) if month else (limit,)
+        with self._read() as conn:
+            return [_run_record(r) for r in conn.execute(query, params).fetchall()]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else _run_record(row)
+
+    def run_lines(self, run_id: str) -> list[SpendLine]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT * FROM spend WHERE run_id = ? ORDER BY tier, model_version", (run_id,)
+            ).fetchall()
+        return [SpendLine(r["tier"], r["model_version"], r["model"], int(r["documents"]),
+                          int(r["billed_tokens"]), float(r["est_cost_usd"]), float(r["cost_usd"]))
+                for r in rows]
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+
+
+def _committed(conn: sqlite3.Connection, month: str, *, exclude_run: str) -> float:
+    billed = conn.execute(
+        "SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE month = ? AND run_id != ?",
+        (month, exclude_run),
+    ).fetchone()[0]
+    held = conn.execute(
+        "SELECT COALESCE(SUM(reserved_usd), 0) FROM runs WHERE month = ? AND run_id != ? "
+        "AND status IN ('running', 'failed')",
+        (month, exclude_run),
+    ).fetchone()[0]
+    return float(billed) + float(held)
+
+
+def _run_record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"], month=row["month"], started_at=row["started_at"],
+        finished_at=row["finished_at"], status=row["status"], source=row["source"],
+        budget_usd=row["budget_usd"], reserved_usd=float(row["reserved_usd"]),
+        est_cost_usd=float(row["est_cost_usd"]), cost_usd=float(row["cost_usd"]), error=row["error"],
+    )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One command: set up everything the tests need, then run the whole test suite.
+# Installs Debian's Prometheus, Alertmanager and Pushgateway (promtool/amtool and the
+# end-to-end alert test) when they are missing and apt-get is usable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
+    echo "[test] installing ${need_apt[*]} from Debian"
+    "${SUDO[@]}" apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
+        "${need_apt[@]}" >/dev/null
+fi
+
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest -q -m "not live" "$@"
