@@ -48,7 +48,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("tierembed", "flows", "beam_pipeline"):
-        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.WARNING if verbose else logging.ERROR)
     for noisy in ("httpx", "httpx2", "sentence_transformers", "lancedb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

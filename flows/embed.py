@@ -21,9 +21,11 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
+from flows.budget_events import Emit, settle_budget
 from flows.endpoint import resolve_endpoint
+from flows.ledger import SpendLedger
 from flows.reporting import publish_report
-from tiering.budget import budget_left
+from tiering.errors import InputNotFoundError
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
 
@@ -62,34 +64,55 @@ def run_embedding(
     *,
     budget_usd: Optional[float] = None,
     run_id: Optional[str] = None,
-    month_to_date_usd: float = 0.0,
+    month_to_date_usd: Optional[float] = None,
     full_refresh: bool = False,
+    ledger: Optional[SpendLedger] = None,
+    emit: Optional[Emit] = None,
 ) -> RunReport:
-    """Run the pipeline once and build its report (used by the flow and by tests)."""
+    """Run the pipeline once and build its report (used by the flow and by tests).
+
+    Budget: the spend ledger (``budget.ledger_path``, or ``ledger``) reserves this run's
+    budget, the tighter of the per-run cap and what the month has left
+    (``month_to_date_usd`` overrides the ledger's month-to-date, a what-if); the plan
+    inside the pipeline fits that budget. Afterwards the billed spend is recorded, budget
+    events are emitted (``emit`` defaults to Prefect's ``emit_event``) and alerts are noted
+    in the report.
+    """
     run_id = run_id or new_run_id()
     per_run = budget_usd if budget_usd is not None else settings.budget.per_run_usd
-    left = budget_left(per_run, settings.budget.monthly_usd, month_to_date_usd)
+    ledger = ledger or SpendLedger(settings.budget.ledger_path)
     started = time.monotonic()
     with resolve_endpoint(settings.api) as api:
         existing = {} if full_refresh else existing_hashes(settings)
-        spec = PipelineSpec(settings, source, run_id, left, api, existing)
+        grant = ledger.begin_run(run_id, per_run_usd=per_run, monthly_usd=settings.budget.monthly_usd,
+                                 source=source, month_to_date_usd=month_to_date_usd)
+        spec = PipelineSpec(settings, source, run_id, grant.budget_usd, api, existing)
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
         runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
-        outcome = runner(spec)
+        try:
+            outcome = runner(spec)
+        except BaseException as exc:
+            # A missing input fails while the graph is built, before any paid call.
+            ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}",
+                            nothing_sent=isinstance(exc, InputNotFoundError))
+            raise
     prices = api_prices(settings)
-    return build_report(
+    report = build_report(
         run_id=run_id,
         source=source,
         counters=outcome.counters,
         local_models={m.version: m.model for m in settings.local.models},
         api_models={m.version: (m.model, prices[m.version]) for m in settings.api.models},
         dead_letter_path=outcome.dead_letter_prefix + "*.jsonl",
-        budget_usd=left,
-        month_to_date_usd=month_to_date_usd,
+        budget_usd=grant.budget_usd,
+        month_to_date_usd=grant.month_to_date_usd,
         monthly_limit_usd=settings.budget.monthly_usd,
         duration_s=time.monotonic() - started,
         endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
     )
+    report, _ = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
+                              month=grant.month, emit=emit)
+    return report
 
 
 @flow(name="embed-documents", log_prints=True)
@@ -99,6 +122,7 @@ def embed_documents(
     budget_usd: Optional[float] = None,
     dry_run: bool = False,
     full_refresh: bool = False,
+    settings_overrides: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Embed the documents at SOURCE with the cheapest tier that fits their value and the budget.
 
@@ -109,9 +133,11 @@ def embed_documents(
         budget_usd: Cap on API spend for this run (overrides budget.per_run_usd).
         dry_run: Validate the settings and the input, then stop before embedding.
         full_refresh: Re-embed every document even if unchanged.
+        settings_overrides: Per-run overrides of any setting, shaped like the YAML file,
+            e.g. {"routing": {"api_threshold": 0.7}, "budget": {"monthly_usd": 50}}.
     """
     logger = get_run_logger()
-    settings = load_settings(config_path)
+    settings = load_settings(config_path, overrides=settings_overrides)
     if dry_run:
         from beam_pipeline.read import match_sources
 

@@ -307,15 +307,17 @@ class SpendLedger:
             )
             return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
 
-    def fail_run(self, run_id: str, error: str) -> RunRecord:
+    def fail_run(self, run_id: str, error: str, *, nothing_sent: bool = False) -> RunRecord:
         """Mark ``run_id`` failed. Its reservation stays charged to the month as an
-        unreconciled upper bound until :meth:`finish_run` records the real bill."""
+        unreconciled upper bound until :meth:`finish_run` records the real bill, unless
+        ``nothing_sent`` (the run failed before it could call the API): then it is released."""
         now = self._clock()
         with self._write() as conn:
             self._run_month(conn, run_id, now)
             conn.execute(
-                "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
-                (now.isoformat(), error[:2000], run_id),
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ?, "
+                "reserved_usd = CASE WHEN ? THEN 0 ELSE reserved_usd END WHERE run_id = ?",
+                (now.isoformat(), error[:2000], nothing_sent, run_id),
             )
             return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
 

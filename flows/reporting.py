@@ -39,25 +39,47 @@ def report_rows(report: RunReport) -> list[dict[str, object]]:
     return rows
 
 
+def _plan_line(report: RunReport) -> str:
+    wanted, planned = report.api_documents_wanted, report.api_documents_planned
+    budget = "no budget limit" if report.budget_usd is None else f"a {_usd(report.budget_usd)} budget"
+    return (f"  plan: {wanted} documents wanted the paid tier; {planned} admitted "
+            f"(estimated {_usd(report.est_cost_usd)} of {budget}), "
+            f"{report.over_budget} moved to the local tier by the budget")
+
+
+def _budget_line(report: RunReport) -> str:
+    if report.budget_usd is None:
+        run = "no limit for this run"
+    else:
+        run = f"this run {_usd(report.budget_usd)}, left {_usd(report.run_left_usd)}"
+    if report.monthly_limit_usd is None:
+        month = f"month to date {_usd(report.month_to_date_after_usd)} (no monthly limit)"
+    else:
+        month = (f"month to date {_usd(report.month_to_date_after_usd)} of "
+                 f"{_usd(report.monthly_limit_usd)}, left {_usd(report.month_left_usd)}")
+    return f"  budget: {run}; {month}"
+
+
 def render_text(report: RunReport) -> str:
+    """The run report for the terminal: the plan, one line per (tier, model version),
+    billed and estimated cost, the budget left, dead letters and the accounting check."""
     lines = [
         f"run {report.run_id}  source={report.source}  ({report.duration_s:.1f}s)",
         f"  endpoint: {report.endpoint}",
         f"  read {report.records_read} records: {report.documents_valid} valid documents, "
-        f"{dict(report.dead_letters_by_stage).get('validate', 0)} rejected by validation, "
-        f"{report.skipped_unchanged} skipped as unchanged",
+        f"{dict(report.dead_letters_by_stage).get('validate', 0)} rejected by validation",
+        _plan_line(report),
         f"  {'tier':<6} {'version':<16} {'docs':>6} {'chunked':>7} {'est tok':>9} "
         f"{'billed tok':>10} {'est cost':>12} {'cost':>12}",
     ]
-    for l in report.lines:
+    for t in report.lines:
         lines.append(
-            f"  {l.tier:<6} {l.model_version:<16} {l.documents:>6} {l.chunked_documents:>7} "
-            f"{l.est_tokens:>9} {l.billed_tokens:>10} {_usd(l.est_cost_usd):>12} {_usd(l.cost_usd):>12}"
-            + (f"  ({l.fell_back} fell back to local)" if l.fell_back else "")
+            f"  {t.tier:<6} {t.model_version:<16} {t.documents:>6} {t.chunked_documents:>7} "
+            f"{t.est_tokens:>9} {t.billed_tokens:>10} {_usd(t.est_cost_usd):>12} {_usd(t.cost_usd):>12}"
+            + (f"  ({t.fell_back} fell back to local)" if t.fell_back else "")
         )
-    lines.append(f"  total billed cost {_usd(report.cost_usd)} (estimated {_usd(report.est_cost_usd)});"
-                 f" budget for this run {_usd(report.budget_usd)}; "
-                 f"{report.over_budget} documents moved to local by the budget")
+    lines.append(f"  total billed cost {_usd(report.cost_usd)} (estimated {_usd(report.est_cost_usd)})")
+    lines.append(_budget_line(report))
     if report.api_requests:
         reqs = ", ".join(f"{k}: {v}" for k, v in report.api_requests)
         lines.append(f"  API requests by status: {reqs}; retries: {report.api_retries}")

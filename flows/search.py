@@ -73,7 +73,8 @@ def search_store(
                           f"{settings.sink.kind!r} (query Weaviate with its own client)")
     lc = settings.sink.lancedb
     store = LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
-    present = [v for v in store.versions() if store.count(v) > 0]
+    configured = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
+    present = [v for v in configured if store.count(v) > 0]
     if only_version:
         if only_version not in present:
             raise ConfigError(f"model version {only_version!r} is not in the store; present: {present}")

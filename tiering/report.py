@@ -11,6 +11,10 @@ Counter names (namespace ``tierembed``): ``records_read``, ``documents_valid``,
 ``chunked.<tier>.<version>``, ``chunks.<tier>.<version>``, ``est_tokens.<tier>.<version>``,
 ``billed_tokens.api.<version>``, ``fell_back.api.<version>``, ``written.<version>``,
 ``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``.
+
+Budget figures: ``budget_usd`` is the budget the run was planned with (the tighter of the
+per-run cap and what the month had left), ``month_to_date_usd`` the month's committed spend
+before the run; ``run_left_usd`` and ``month_left_usd`` are what is left after its bill.
 """
 
 from __future__ import annotations
@@ -73,6 +77,34 @@ class RunReport:
     def est_cost_usd(self) -> float:
         return sum(line.est_cost_usd for line in self.lines)
 
+    @property
+    def api_documents_planned(self) -> int:
+        """(document, version) targets the plan sent to the paid tier."""
+        return sum(line.routed for line in self.lines if line.tier == "api")
+
+    @property
+    def api_documents_wanted(self) -> int:
+        """Targets that wanted the paid tier: those admitted plus those the budget moved."""
+        return self.api_documents_planned + self.over_budget
+
+    @property
+    def run_left_usd(self) -> float | None:
+        """This run's budget minus its billed cost; None without a limit."""
+        return None if self.budget_usd is None else max(0.0, self.budget_usd - self.cost_usd)
+
+    @property
+    def month_to_date_after_usd(self) -> float | None:
+        """Month-to-date spend once this run's bill is added."""
+        return None if self.month_to_date_usd is None else self.month_to_date_usd + self.cost_usd
+
+    @property
+    def month_left_usd(self) -> float | None:
+        """What the month has left after this run; None without a monthly limit."""
+        after = self.month_to_date_after_usd
+        if self.monthly_limit_usd is None or after is None:
+            return None
+        return max(0.0, self.monthly_limit_usd - after)
+
     def accounting_ok(self) -> bool:
         """Nothing lost: read = valid + validation dead letters; valid = routed + skipped;
         every routed (document, version) target = written + dead-lettered after validation."""
@@ -100,24 +132,29 @@ class RunReport:
             "budget_usd": self.budget_usd,
             "month_to_date_usd": self.month_to_date_usd,
             "monthly_limit_usd": self.monthly_limit_usd,
+            "run_left_usd": self.run_left_usd,
+            "month_left_usd": self.month_left_usd,
+            "api_documents_planned": self.api_documents_planned,
+            "api_documents_wanted": self.api_documents_wanted,
             "api_requests": dict(self.api_requests),
             "api_retries": self.api_retries,
             "dead_letter_path": self.dead_letter_path,
             "duration_s": round(self.duration_s, 3),
             "endpoint": self.endpoint,
             "accounting_ok": self.accounting_ok(),
-            "tiers": [
-                {
-                    "tier": l.tier, "model_version": l.model_version, "model": l.model_name,
-                    "routed": l.routed, "documents": l.documents,
-                    "chunked_documents": l.chunked_documents, "chunks": l.chunks,
-                    "est_tokens": l.est_tokens, "billed_tokens": l.billed_tokens,
-                    "est_cost_usd": l.est_cost_usd, "cost_usd": l.cost_usd, "fell_back": l.fell_back,
-                }
-                for l in self.lines
-            ],
+            "tiers": [_line_dict(line) for line in self.lines],
             "notes": list(self.notes),
         }
+
+
+def _line_dict(line: TierLine) -> dict[str, object]:
+    return {
+        "tier": line.tier, "model_version": line.model_version, "model": line.model_name,
+        "routed": line.routed, "documents": line.documents,
+        "chunked_documents": line.chunked_documents, "chunks": line.chunks,
+        "est_tokens": line.est_tokens, "billed_tokens": line.billed_tokens,
+        "est_cost_usd": line.est_cost_usd, "cost_usd": line.cost_usd, "fell_back": line.fell_back,
+    }
 
 
 def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Price | None) -> TierLine:

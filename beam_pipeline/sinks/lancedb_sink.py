@@ -138,6 +138,7 @@ class LanceDBStore:
         raise RuntimeError(f"gave up upserting into {self.config.table_name(version)} after conflicts")
 
     def versions(self) -> list[str]:
+        """Table suffixes present (model versions with '-' and '.' turned into '_')."""
         prefix = f"{self.config.table_prefix}__"
         names = self.db.list_tables().tables
         return sorted(n[len(prefix):] for n in names if n.startswith(prefix))
@@ -158,7 +159,7 @@ class LanceDBStore:
         if table is None:
             return []
         rows = (table.search(vector).metric("cosine")
-                .select(["id", "text", "tier", "model_version", "metadata"]).limit(k).to_list())
+                .select(["id", "text", "tier", "model_version", "metadata", "_distance"]).limit(k).to_list())
         return [
             SearchHit(r["id"], 1.0 - float(r["_distance"]), r["text"], r["model_version"], r["tier"],
                       r["metadata"])

@@ -34,8 +34,10 @@ def test_upsert_by_id_replaces_and_keeps_one_row_per_document(tmp_path: Path) ->
 
 def test_each_model_version_gets_its_own_table(tmp_path: Path) -> None:
     cfg = LanceDBSinkConfig(str(tmp_path / "db"))
-    run_write(cfg, [emb("a", (1.0, 0.0)), emb("a", (1.0, 0.0, 0.0), version="v2")])
-    assert LanceDBStore(cfg).versions() == ["v1", "v2"]
+    run_write(cfg, [emb("a", (1.0, 0.0)), emb("a", (1.0, 0.0, 0.0), version="v-2")])
+    store = LanceDBStore(cfg)
+    assert store.versions() == ["v1", "v_2"]
+    assert store.count("v1") == 1 and store.count("v-2") == 1
 
 
 def test_dimension_change_under_same_version_dead_letters_each_object(tmp_path: Path) -> None:

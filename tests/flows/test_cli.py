@@ -1,0 +1,50 @@
+"""The command line: help that teaches, and clear errors before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands_and_quick_start() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for word in ("run", "search", "replay", "config", "tierembed run"):
+        assert word in result.output
+
+
+def test_run_help_explains_source_and_budget() -> None:
+    result = runner.invoke(app, ["run", "--help"])
+    assert result.exit_code == 0 and "glob" in result.output and "--budget" in result.output
+
+
+def test_missing_file_fails_fast_with_message(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2
+    assert "no input files match" in result.output
+
+
+def test_directory_without_documents_fails_fast(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("x")
+    result = runner.invoke(app, ["run", str(tmp_path)])
+    assert result.exit_code == 2 and "directory" in result.output
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("budget:\n  per_run_usd: -1\n")
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "b"}\n')
+    result = runner.invoke(app, ["run", str(tmp_path / "d.jsonl"), "--config", str(cfg)])
+    assert result.exit_code == 2 and "budget.per_run_usd" in result.output
+
+
+def test_config_command_prints_effective_settings_without_secrets(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-do-not-print")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0 and "sk-do-not-print" not in result.output
+    assert '"api_threshold"' in result.output

@@ -1,0 +1,77 @@
+"""The embed-documents Prefect flow against a real (temporary) Prefect API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import corpus, write_jsonl
+from tests.fakes.openai_server import FakeOpenAIServer
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _config(tmp_path: Path, server: FakeOpenAIServer) -> Path:
+    cfg = {
+        "api": {"endpoint": "custom", "base_url": server.base_url, "api_key": "test",
+                "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}]},
+        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+        "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
+        "dead_letters": {"dir": str(tmp_path / "dl")},
+        "budget": {"ledger_path": str(tmp_path / "ledger.sqlite")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_flow_runs_pipeline_and_publishes_report_artifact(
+    prefect_api: None, tmp_path: Path, fake_api: FakeOpenAIServer
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.embed import embed_documents
+
+    docs = corpus(6)
+    docs[0]["metadata"]["priority"] = "high"
+    src = write_jsonl(tmp_path / "docs.jsonl", [*docs, "{bad json"])
+    result = embed_documents(source=str(src), config_path=str(_config(tmp_path, fake_api)))
+
+    assert result["accounting_ok"] is True
+    assert result["records_read"] == 7 and result["dead_letters"] == {"validate": 1}
+    tiers = {t["tier"]: t for t in result["tiers"]}
+    assert tiers["api"]["documents"] == 1 and tiers["local"]["documents"] == 5
+    assert tiers["api"]["billed_tokens"] == fake_api.stats().billed_tokens_total
+
+    import asyncio
+
+    async def artifacts() -> list:  # type: ignore[type-arg]
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tierembed-run-report"])))
+
+    found = asyncio.run(artifacts())
+    assert found and found[0].type == "table"
+    assert "fake-v1" in str(found[0].data)
+
+
+def test_dry_run_checks_input_and_embeds_nothing(
+    prefect_api: None, tmp_path: Path, fake_api: FakeOpenAIServer
+) -> None:
+    from flows.embed import embed_documents
+
+    src = write_jsonl(tmp_path / "docs.jsonl", corpus(3))
+    result = embed_documents(source=str(src), config_path=str(_config(tmp_path, fake_api)), dry_run=True)
+    assert result["dry_run"] is True and result["files"] == [str(src)]
+    assert fake_api.stats().requests_total == 0
+    assert not (tmp_path / "store").exists()
