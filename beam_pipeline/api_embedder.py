@@ -3,31 +3,56 @@
 Retry layer: ``ApiEmbedder._run_request`` is the ONE retry layer on this call path. The
 official ``openai`` client is built with ``max_retries=0``; Beam and Prefect do not retry
 this work either. It retries 408/409/429/5xx, timeouts, connection errors and malformed
-replies with exponential backoff and full jitter, obeys ``Retry-After`` (pausing every
-request of this worker, not only the one that got the 429), slows down before a 429 from
-the ``x-ratelimit-remaining-*`` headers, and stops calling a failing endpoint through a
-circuit breaker. A 400-class reply is terminal; when it answers a packed request, the
-request is bisected so only the offending document is dead-lettered.
+replies with exponential backoff and full jitter (:class:`tiering.backoff.BackoffPolicy`:
+bounded failures, 429s and total time); a 400-class reply other than 429 is terminal.
 
-Vendor exceptions are mapped to :class:`CallFailure` in ``_classify`` and nowhere else.
-This module imports no Beam: ``embed_api.py`` adapts it to a DoFn.
+Pacing, per endpoint and model (this worker's share, see ``api.worker_share``):
+
+* requests are packed by estimated tokens up to the model's per-request limits; inputs over
+  the per-input limit are never sent (``InputTooLong``);
+* two aiolimiter leaky buckets, requests per minute and tokens per minute (each request
+  acquires its estimated tokens), plus a cap on requests in flight;
+* the buckets follow the provider: after a reply the estimate is replaced by the billed
+  ``usage`` (the difference is refunded), a rejected request's tokens are refunded, and
+  ``x-ratelimit-remaining-*`` lowers the local room to what the provider reports
+  (:func:`tiering.ratelimits.synced_level`), so the local bucket waits exactly the deficit
+  over the refill rate instead of a full reset;
+* until the first informative reply, requests go out one at a time: the local buckets start
+  full, the provider's may not (an earlier run, another client), and one probe's headers
+  tell us where it stands before a burst;
+* a 429's ``Retry-After`` / ``retry-after-ms`` (or, without them, the deficit from the
+  ``x-ratelimit-*`` headers) pauses every request of this worker, not only the one refused.
+
+Failures: a circuit breaker stops calling an endpoint that keeps failing (the documents of
+short-circuited requests are reported so the caller can route them to the local tier or
+dead-letter them); a 400-class reply about the input is bisected so only the offending
+input is dead-lettered; 401/403/404 mean the endpoint refuses this worker, so later
+requests fail at once without being sent. An optional spend cap (this worker's share of the
+run budget) keeps requests whose estimated cost would pass it from being sent at all.
+
+Vendor exceptions are mapped to :class:`CallFailure` in ``_classify`` and nowhere else, by
+exception type and status code. This module imports no Beam: ``embed_api.py`` adapts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiolimiter import AsyncLimiter
 
 from tiering.backoff import BackoffPolicy
 from tiering.breaker import BreakerState, CircuitBreaker
 from tiering.packing import RequestLimits, pack_requests
-from tiering.ratelimits import parse_rate_limit_headers, parse_retry_after
+from tiering.pricing import Price, SpendGuard, apportion
+from tiering.ratelimits import parse_rate_limit_headers, server_wait_s, synced_level
 
 __all__ = [
     "ApiEmbedderConfig",
@@ -38,9 +63,15 @@ __all__ = [
     "ApiEmbedder",
 ]
 
+_log = logging.getLogger(__name__)
+_ENDPOINT_REFUSES = frozenset({401, 403, 404})
+_RETRYABLE_4XX = frozenset({408, 409})
+
 
 @dataclass(frozen=True, slots=True)
 class ApiEmbedderConfig:
+    """Everything one worker's embedder needs; limits are this worker's share."""
+
     base_url: str | None
     api_key: str
     model: str
@@ -55,6 +86,10 @@ class ApiEmbedderConfig:
     breaker_reset_after_s: float
     dimensions: int | None = None
     input_type: str | None = None
+    spend_cap_usd: float | None = None
+    """This worker's share of the run budget; None = no runtime cap."""
+    price: Price | None = None
+    """The model's price, for the spend cap's estimates (billing uses ``usage``)."""
 
     def __repr__(self) -> str:  # never print the key
         return f"ApiEmbedderConfig(base_url={self.base_url!r}, model={self.model!r}, api_key=***)"
@@ -62,13 +97,16 @@ class ApiEmbedderConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiInput:
+    """One text to embed and its estimated tokens (from :mod:`tiering.chunking`)."""
+
     text: str
     est_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
 class CallFailure:
-    """One failed attempt, classified. ``status`` is the HTTP code or 'timeout'/'connection'."""
+    """One failed attempt, classified. ``status`` is the HTTP code or a failure kind
+    ('timeout', 'connection', 'malformed', 'too_long', 'breaker_open')."""
 
     status: str
     error_type: str
@@ -76,35 +114,88 @@ class CallFailure:
     retryable: bool
     counts_for_breaker: bool
     retry_after_s: float | None = None
+    about_input: bool = False
+    """A terminal 4xx that names the input (or nothing): bisect to find the bad one."""
 
 
 @dataclass
 class ApiCallStats:
+    """What one :meth:`ApiEmbedder.embed` call did; billed and estimated figures apart."""
+
     requests_by_status: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     rate_limit_wait_s: float = 0.0
     billed_tokens: int = 0
+    """Tokens from replies' ``usage`` (every 200, whatever became of its documents)."""
+    unmetered_tokens: int = 0
+    """Estimated tokens of 200 replies that carried no ``usage`` (not in billed_tokens)."""
     sent_est_tokens: int = 0
+    over_budget_inputs: int = 0
     breaker_opened: int = 0
     latencies_s: list[float] = field(default_factory=list)
 
 
 @dataclass
 class EmbedOutcome:
-    """Per input index: a vector, or a failure, or short-circuited by the open breaker."""
+    """Per input index: a vector (with its billed tokens), a failure, or not sent because
+    the breaker was open (``short_circuited``) or the spend cap was reached (``over_budget``)."""
 
     vectors: dict[int, list[float]] = field(default_factory=dict)
-    billed_tokens: dict[int, float] = field(default_factory=dict)
+    billed_tokens: dict[int, int] = field(default_factory=dict)
     failures: dict[int, CallFailure] = field(default_factory=dict)
     short_circuited: set[int] = field(default_factory=set)
+    over_budget: set[int] = field(default_factory=set)
     stats: ApiCallStats = field(default_factory=ApiCallStats)
+
+
+@dataclass
+class _Job:
+    """One packed request through its attempts."""
+
+    idxs: tuple[int, ...]
+    tokens: int
+    started: float
+    failures: int = 0
+    throttled: int = 0
+    reserved: bool = False
 
 
 class _MalformedReply(Exception):
     pass
 
 
-def _classify(exc: BaseException) -> CallFailure:
+class _FollowedLimiter(AsyncLimiter):
+    """aiolimiter's leaky bucket, corrected by what the provider reports."""
+
+    def refund(self, amount: float) -> None:
+        """Give back capacity the provider did not use (a negative amount takes more)."""
+        self._leak()
+        self._level = max(0.0, self._level - amount)
+        self._wake_next()
+
+    def follow(self, server_remaining: float) -> None:
+        """Never keep more room than the provider says is left."""
+        self._leak()
+        self._level = synced_level(self._level, self.max_rate, server_remaining)
+
+
+def _headers_of(exc: BaseException) -> Mapping[str, str]:
+    response = getattr(exc, "response", None)
+    return dict(response.headers) if response is not None else {}
+
+
+def _status_failure(exc: Any, msg: str, needed_tokens: int) -> CallFailure:
+    code = int(exc.status_code)
+    wait = server_wait_s(_headers_of(exc), needed_tokens, time.time())
+    if code == 429:
+        return CallFailure("429", "RateLimited", msg, True, False, wait)
+    if code >= 500 or code in _RETRYABLE_4XX:
+        return CallFailure(str(code), "ServerError", msg, True, True, wait)
+    about_input = code not in _ENDPOINT_REFUSES and getattr(exc, "param", None) in (None, "input")
+    return CallFailure(str(code), type(exc).__name__, msg, False, False, about_input=about_input)
+
+
+def _classify(exc: BaseException, needed_tokens: int) -> CallFailure:
     """Map an exception from the openai client to a CallFailure (the one vendor mapping)."""
     import openai
 
@@ -114,13 +205,7 @@ def _classify(exc: BaseException) -> CallFailure:
     if isinstance(exc, openai.APIConnectionError):
         return CallFailure("connection", "ConnectionError", msg, True, True)
     if isinstance(exc, openai.APIStatusError):
-        code = exc.status_code
-        retry_after = parse_retry_after(dict(exc.response.headers), time.time())
-        if code == 429:
-            return CallFailure("429", "RateLimited", msg, True, False, retry_after)
-        if code >= 500 or code in (408, 409):
-            return CallFailure(str(code), "ServerError", msg, True, True, retry_after)
-        return CallFailure(str(code), type(exc).__name__, msg, False, False)
+        return _status_failure(exc, msg, needed_tokens)
     if isinstance(exc, (openai.APIResponseValidationError, _MalformedReply, json.JSONDecodeError)):
         return CallFailure("malformed", "MalformedReply", msg, True, True)
     raise exc
@@ -146,21 +231,26 @@ class ApiEmbedder:
         self.breaker = CircuitBreaker(
             config.breaker_failure_threshold, config.breaker_reset_after_s, clock
         )
+        self.spend = SpendGuard(config.spend_cap_usd, config.price)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pause_until = 0.0
-        self._rpm: Any = None
-        self._tpm: Any = None
+        self._refused: CallFailure | None = None
+        self._warned_limit = False
+        self._rpm: _FollowedLimiter | None = None
+        self._tpm: _FollowedLimiter | None = None
         self._sem: asyncio.Semaphore | None = None
+        self._probe: asyncio.Lock | None = None
+        self._calibrated: asyncio.Event | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def _ensure_async_parts(self) -> None:
         if self._sem is not None:
             return
-        from aiolimiter import AsyncLimiter
-
-        self._rpm = AsyncLimiter(self.config.requests_per_minute, 60)
-        self._tpm = AsyncLimiter(self.config.tokens_per_minute, 60)
+        self._rpm = _FollowedLimiter(self.config.requests_per_minute, 60)
+        self._tpm = _FollowedLimiter(self.config.tokens_per_minute, 60)
         self._sem = asyncio.Semaphore(self.config.max_in_flight)
+        self._probe = asyncio.Lock()
+        self._calibrated = asyncio.Event()
         if self._client is None:
             import openai
 
@@ -185,106 +275,167 @@ class ApiEmbedder:
         self._loop.close()
         self._loop = None
 
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self.breaker.state
+
     # -- embedding -----------------------------------------------------------------------
     async def aembed(self, inputs: Sequence[ApiInput]) -> EmbedOutcome:
+        """Embed ``inputs``; every index ends in exactly one field of the outcome."""
         self._ensure_async_parts()
         outcome = EmbedOutcome()
-        requests = pack_requests([i.est_tokens for i in inputs], self._effective_limits())
-        await asyncio.gather(*(self._run_request(inputs, idxs, outcome) for idxs in requests))
+        packing = pack_requests([i.est_tokens for i in inputs], self._effective_limits())
+        for i in packing.oversized:
+            outcome.failures[i] = self._too_long(inputs[i])
+        await asyncio.gather(*(self._run_request(inputs, idxs, outcome) for idxs in packing.requests))
         outcome.stats.breaker_opened = self.breaker.times_opened
         return outcome
 
     def _effective_limits(self) -> RequestLimits:
-        lim = self.config.limits
         # aiolimiter cannot grant more than its capacity in one acquire.
-        return RequestLimits(lim.max_inputs, min(lim.max_tokens, self.config.tokens_per_minute),
-                             lim.max_tokens_per_input)
+        return self.config.limits.capped(self.config.tokens_per_minute)
+
+    def _too_long(self, item: ApiInput) -> CallFailure:
+        limit = self._effective_limits().max_tokens_per_input
+        return CallFailure(
+            "too_long", "InputTooLong",
+            f"input of ~{item.est_tokens} estimated tokens is over the per-input limit {limit} "
+            "and was not sent; chunk it to the model's limit", False, False,
+        )
 
     async def _run_request(
-        self, inputs: Sequence[ApiInput], idxs: list[int], outcome: EmbedOutcome
+        self, inputs: Sequence[ApiInput], idxs: Sequence[int], outcome: EmbedOutcome
     ) -> None:
-        tokens = sum(inputs[i].est_tokens for i in idxs)
-        started = self._clock()
-        attempt = 0
+        job = _Job(tuple(idxs), sum(inputs[i].est_tokens for i in idxs), self._clock())
+        try:
+            await self._attempts(inputs, job, outcome)
+        finally:
+            self._release(job)
+
+    async def _attempts(self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome) -> None:
         while True:
-            if not self.breaker.allow():
-                outcome.short_circuited.update(idxs)
-                return
-            failure = await self._attempt(inputs, idxs, tokens, outcome)
+            failure = await self._gated_attempt(inputs, job, outcome)
             if failure is None:
                 return
             if not failure.retryable:
-                await self._on_terminal(inputs, idxs, failure, outcome)
+                await self._on_terminal(inputs, job, failure, outcome)
                 return
-            if failure.counts_for_breaker:
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()  # a 429 proves the endpoint is alive
-            delay = self.config.backoff.delay(attempt, self._rng, failure.retry_after_s)
-            if failure.retry_after_s is not None:
-                self._pause_until = max(self._pause_until, self._clock() + failure.retry_after_s)
-            elapsed = self._clock() - started
-            if not self.config.backoff.should_retry(attempt, elapsed, delay):
-                for i in idxs:
-                    outcome.failures[i] = failure
+            delay = self._next_delay(job, failure)
+            if delay is None:
+                self._fail(job, failure, outcome)
                 return
             outcome.stats.retries += 1
             await self._sleep(delay)
-            attempt += 1
 
-    async def _on_terminal(
-        self, inputs: Sequence[ApiInput], idxs: list[int], failure: CallFailure, outcome: EmbedOutcome
-    ) -> None:
-        if len(idxs) > 1 and failure.status in ("400", "422"):
-            # Find the offending input(s) instead of dead-lettering the whole request.
-            mid = len(idxs) // 2
-            await asyncio.gather(
-                self._run_request(inputs, idxs[:mid], outcome),
-                self._run_request(inputs, idxs[mid:], outcome),
-            )
-            return
-        for i in idxs:
-            outcome.failures[i] = failure
+    def _next_delay(self, job: _Job, failure: CallFailure) -> float | None:
+        """The wait before the next attempt, or None when this request has had enough."""
+        throttled = failure.status == "429"
+        if throttled:
+            job.throttled += 1
+        else:
+            job.failures += 1
+        attempt = job.throttled - 1 if throttled else job.failures - 1
+        delay = self.config.backoff.delay(attempt, self._rng, failure.retry_after_s)
+        elapsed = self._clock() - job.started
+        if not self.config.backoff.should_retry(job.failures, elapsed, delay, job.throttled):
+            return None
+        return delay
 
-    async def _wait_for_capacity(self, tokens: int, stats: ApiCallStats) -> None:
-        waited_from = self._clock()
-        while (now := self._clock()) < self._pause_until:
-            await self._sleep(self._pause_until - now)
-        await self._rpm.acquire(1)
-        await self._tpm.acquire(tokens)
-        stats.rate_limit_wait_s += self._clock() - waited_from
+    async def _gated_attempt(
+        self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
+    ) -> CallFailure | None:
+        holds_probe = await self._enter_probe_gate()
+        try:
+            return await self._attempt(inputs, job, outcome)
+        finally:
+            if holds_probe:
+                assert self._probe is not None
+                self._probe.release()
+
+    async def _enter_probe_gate(self) -> bool:
+        """Until the provider has told us where its buckets stand, one request at a time.
+
+        Returns whether this task holds the probe lock (and must release it)."""
+        assert self._calibrated is not None and self._probe is not None
+        if self._calibrated.is_set():
+            return False
+        await self._probe.acquire()
+        if self._calibrated.is_set():
+            self._probe.release()
+            return False
+        return True
 
     async def _attempt(
-        self, inputs: Sequence[ApiInput], idxs: list[int], tokens: int, outcome: EmbedOutcome
+        self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
     ) -> CallFailure | None:
-        stats = outcome.stats
-        await self._wait_for_capacity(tokens, stats)
+        """One try: refuse fast, wait for capacity, check the budget, send."""
+        if self._refused is not None:
+            return self._refused
+        if not self.breaker.allow():
+            outcome.short_circuited.update(job.idxs)
+            return None
+        await self._wait_for_capacity(job.tokens, outcome.stats)
+        if not self._reserve(job):
+            self._correct(-job.tokens, requests=-1)
+            outcome.over_budget.update(job.idxs)
+            outcome.stats.over_budget_inputs += len(job.idxs)
+            return None
+        return await self._send(inputs, job, outcome)
+
+    # -- budget --------------------------------------------------------------------------
+    def _reserve(self, job: _Job) -> bool:
+        if job.reserved:
+            return True
+        job.reserved = self.spend.try_reserve(job.tokens)
+        return job.reserved
+
+    def _release(self, job: _Job) -> None:
+        if job.reserved:
+            self.spend.release(job.tokens)
+            job.reserved = False
+
+    # -- capacity ------------------------------------------------------------------------
+    async def _wait_for_capacity(self, tokens: int, stats: ApiCallStats) -> None:
+        assert self._rpm is not None and self._tpm is not None
+        waited_from = self._clock()
+        await self._wait_out_pause()
+        await self._rpm.acquire(1)
+        await self._tpm.acquire(tokens)
+        await self._wait_out_pause()  # a 429 may have arrived while we queued
+        stats.rate_limit_wait_s += self._clock() - waited_from
+
+    async def _wait_out_pause(self) -> None:
+        while (now := self._clock()) < self._pause_until:
+            await self._sleep(self._pause_until - now)
+
+    def _correct(self, tokens: int, requests: int = 0) -> None:
+        """Adjust what the local buckets hold by what the provider really took (signed)."""
+        assert self._rpm is not None and self._tpm is not None
+        self._tpm.refund(-tokens)
+        if requests:
+            self._rpm.refund(-requests)
+
+    # -- one HTTP call -------------------------------------------------------------------
+    async def _send(
+        self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
+    ) -> CallFailure | None:
         assert self._sem is not None
+        stats = outcome.stats
         async with self._sem:
             t0 = self._clock()
             try:
-                raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, idxs))
-                reply = raw.parse()
-                vectors = self._vectors(reply, len(idxs))
-                billed = int(reply.usage.prompt_tokens) if reply.usage else tokens
-            except Exception as exc:  # noqa: BLE001 - classified, unknown types re-raised
-                failure = _classify(exc)
-                stats.requests_by_status[failure.status] += 1
-                return failure
+                raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, job))
+                reply = raw.parse()  # the SDK's legacy raw response parses synchronously
+                vectors = self._vectors(reply, len(job.idxs))
+            except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raised
+                return self._on_failed_reply(exc, job, stats)
             finally:
                 stats.latencies_s.append(self._clock() - t0)
-        stats.requests_by_status["200"] += 1
-        stats.billed_tokens += billed
-        stats.sent_est_tokens += tokens
-        self.breaker.record_success()
-        self._feedback(dict(raw.headers), tokens)
-        for pos, i in enumerate(idxs):
-            outcome.vectors[i] = vectors[pos]
-            outcome.billed_tokens[i] = billed * (inputs[i].est_tokens / tokens)
+        self._on_success(inputs, job, reply, vectors, dict(raw.headers), outcome)
         return None
 
-    def _body(self, inputs: Sequence[ApiInput], idxs: list[int]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.config.model, "input": [inputs[i].text for i in idxs]}
+    def _body(self, inputs: Sequence[ApiInput], job: _Job) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.config.model, "input": [inputs[i].text for i in job.idxs]}
         if self.config.dimensions:
             body["dimensions"] = self.config.dimensions
         if self.config.input_type:
@@ -294,23 +445,101 @@ class ApiEmbedder:
     @staticmethod
     def _vectors(reply: Any, expected: int) -> list[list[float]]:
         data = sorted(reply.data, key=lambda d: d.index)
-        if len(data) != expected:
+        if len(data) != expected or [d.index for d in data] != list(range(expected)):
             raise _MalformedReply(f"reply has {len(data)} embeddings for {expected} inputs")
         return [list(d.embedding) for d in data]
 
-    def _feedback(self, headers: dict[str, str], last_tokens: int) -> None:
-        """Slow down before a 429: if the window is nearly spent, wait for its reset."""
-        state = parse_rate_limit_headers(headers)
-        now = self._clock()
-        if state.remaining_requests is not None and state.remaining_requests <= 0 and state.reset_requests_s:
-            self._pause_until = max(self._pause_until, now + state.reset_requests_s)
-        if (
-            state.remaining_tokens is not None
-            and state.remaining_tokens < last_tokens
-            and state.reset_tokens_s
-        ):
-            self._pause_until = max(self._pause_until, now + state.reset_tokens_s)
+    def _on_failed_reply(self, exc: Exception, job: _Job, stats: ApiCallStats) -> CallFailure:
+        failure = _classify(exc, job.tokens)
+        stats.requests_by_status[failure.status] += 1
+        if failure.status.isdigit():
+            # The provider answered with an error: it admitted no tokens. The request slot
+            # stays spent (providers may count refused requests); headers resync the rest.
+            self._correct(-job.tokens)
+            self._feedback(_headers_of(exc), answered=not failure.status.startswith("5"))
+        if failure.counts_for_breaker:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()  # a 429 or a 4xx proves the endpoint alive
+        if failure.retry_after_s is not None and failure.status == "429":
+            self._pause_until = max(self._pause_until, self._clock() + failure.retry_after_s)
+        if failure.status.isdigit() and int(failure.status) in _ENDPOINT_REFUSES:
+            self._refused = failure
+        return failure
 
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self.breaker.state
+    def _on_success(
+        self,
+        inputs: Sequence[ApiInput],
+        job: _Job,
+        reply: Any,
+        vectors: list[list[float]],
+        headers: Mapping[str, str],
+        outcome: EmbedOutcome,
+    ) -> None:
+        stats = outcome.stats
+        stats.requests_by_status["200"] += 1
+        stats.sent_est_tokens += job.tokens
+        self.breaker.record_success()
+        billed = self._billed(reply, job, stats)
+        self._correct(billed - job.tokens)  # the bill replaces the estimate
+        self._feedback(headers, answered=True)
+        self.spend.settle(job.tokens, billed)
+        job.reserved = False
+        shares = apportion(billed, [inputs[i].est_tokens for i in job.idxs])
+        for pos, i in enumerate(job.idxs):
+            outcome.vectors[i] = vectors[pos]
+            outcome.billed_tokens[i] = shares[pos]
+
+    @staticmethod
+    def _billed(reply: Any, job: _Job, stats: ApiCallStats) -> int:
+        usage = getattr(reply, "usage", None)
+        if usage is None or usage.prompt_tokens is None:
+            stats.unmetered_tokens += job.tokens  # no usage: no exact bill for this request
+            return job.tokens
+        stats.billed_tokens += int(usage.prompt_tokens)
+        return int(usage.prompt_tokens)
+
+    def _feedback(self, headers: Mapping[str, str], *, answered: bool) -> None:
+        """Follow the provider's own view of its buckets (see the module docstring)."""
+        assert self._rpm is not None and self._tpm is not None and self._calibrated is not None
+        state = parse_rate_limit_headers(headers)
+        if state.remaining_tokens is not None:
+            self._tpm.follow(state.remaining_tokens)
+        if state.remaining_requests is not None:
+            self._rpm.follow(state.remaining_requests)
+        self._warn_if_over_provider_limit(state.limit_tokens, state.limit_requests)
+        if state.known or answered:
+            self._calibrated.set()
+
+    def _warn_if_over_provider_limit(self, limit_tokens: int | None, limit_requests: int | None) -> None:
+        too_high = (limit_tokens is not None and self.config.tokens_per_minute > limit_tokens) or (
+            limit_requests is not None and self.config.requests_per_minute > limit_requests
+        )
+        if too_high and not self._warned_limit:
+            self._warned_limit = True
+            _log.warning(
+                "API %s: configured %d RPM / %d TPM exceed the provider's limits %s RPM / %s TPM; "
+                "expect 429s. Lower api.requests_per_minute / api.tokens_per_minute.",
+                self.config.model, self.config.requests_per_minute, self.config.tokens_per_minute,
+                limit_requests, limit_tokens,
+            )
+
+    # -- terminal outcomes ---------------------------------------------------------------
+    async def _on_terminal(
+        self, inputs: Sequence[ApiInput], job: _Job, failure: CallFailure, outcome: EmbedOutcome
+    ) -> None:
+        if len(job.idxs) > 1 and failure.about_input:
+            # Find the offending input(s) instead of dead-lettering the whole request.
+            self._release(job)
+            mid = len(job.idxs) // 2
+            await asyncio.gather(
+                self._run_request(inputs, job.idxs[:mid], outcome),
+                self._run_request(inputs, job.idxs[mid:], outcome),
+            )
+            return
+        self._fail(job, failure, outcome)
+
+    @staticmethod
+    def _fail(job: _Job, failure: CallFailure, outcome: EmbedOutcome) -> None:
+        for i in job.idxs:
+            outcome.failures[i] = failure

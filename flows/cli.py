@@ -195,6 +195,13 @@ def show_config(config: ConfigOpt = None) -> None:
     typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
 
 
+from flows.cli_budget import budget_app  # noqa: E402
+from flows.cli_router import router_app  # noqa: E402
+
+app.add_typer(router_app, name="router")
+app.add_typer(budget_app, name="budget")
+
+
 def main() -> None:
     try:
         app()

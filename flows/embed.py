@@ -25,6 +25,7 @@ from flows.budget_events import Emit, settle_budget
 from flows.endpoint import resolve_endpoint
 from flows.ledger import SpendLedger
 from flows.reporting import publish_report
+from flows.secrets import resolve_api_key
 from tiering.errors import InputNotFoundError
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
@@ -138,6 +139,7 @@ def embed_documents(
     """
     logger = get_run_logger()
     settings = load_settings(config_path, overrides=settings_overrides)
+    settings = resolve_api_key(settings)  # api.api_key_secret_block -> api.api_key
     if dry_run:
         from beam_pipeline.read import match_sources
 

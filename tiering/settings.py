@@ -174,6 +174,15 @@ class ApiTierSettings(_Section):
     )
     base_url: str | None = Field(None, description="OpenAI-compatible base URL ending in /v1.")
     api_key: SecretStr | None = Field(None, description="API key; defaults to OPENAI_API_KEY.")
+    api_key_secret_block: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[a-z0-9-]+$",  # Prefect's rule for block document names
+        description="Name of a Prefect Secret block holding the API key (a plain string). The "
+        "flow loads it at the start of each run; when set it wins over api_key and "
+        "OPENAI_API_KEY. Prefect block names use lowercase letters, digits and dashes.",
+    )
     models: tuple[ApiModelSettings, ...] = Field(
         default_factory=lambda: (ApiModelSettings(),), min_length=1
     )

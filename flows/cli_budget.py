@@ -1,0 +1,137 @@
+"""``tierembed budget``: the spend ledger on the command line.
+
+``tierembed budget status`` shows the month's spend per tier and model version, the limits
+and what is left, reservations of running runs, failed runs still charged at their
+reservation, and the latest runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flows.ledger import MonthSpend, RunRecord, SpendLedger
+from tiering.budget import budget_level
+from tiering.errors import TierembedError
+from tiering.settings import BudgetSettings
+
+__all__ = ["budget_app", "render_status"]
+
+budget_app = typer.Typer(
+    name="budget",
+    help="The spend ledger: month-to-date API spend per tier and model, and per run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def _usd(value: float | None) -> str:
+    return "none" if value is None else f"${value:,.6f}"
+
+
+def _month_lines(spend: MonthSpend, budget: BudgetSettings) -> list[str]:
+    charged = spend.charged_usd
+    limit = budget.monthly_usd
+    level = budget_level(charged, limit, budget.warn_fraction)
+    head = f"  month to date: {_usd(charged)} charged"
+    if spend.unreconciled_usd:
+        head += (f" (of which {_usd(spend.unreconciled_usd)} unreconciled: the reservations of "
+                 f"{spend.failed} failed runs, an upper bound of their bill)")
+    lines = [head]
+    if spend.reserved_usd or spend.running:
+        lines.append(f"  reserved by {spend.running} running (or abandoned) runs: {_usd(spend.reserved_usd)}")
+    if limit is None:
+        lines.append("  monthly limit: none (set budget.monthly_usd)")
+    else:
+        left = max(0.0, limit - spend.committed_usd)
+        lines.append(f"  monthly limit: {_usd(limit)}; left for new runs: {_usd(left)}; status: {level.value}"
+                     f" (warning at {budget.warn_fraction:.0%})")
+    lines.append(f"  per-run cap: {_usd(budget.per_run_usd)}")
+    return lines
+
+
+def _model_lines(spend: MonthSpend) -> list[str]:
+    if not spend.by_model:
+        return ["  no spend recorded this month"]
+    rows = [f"  {'tier':<6} {'version':<18} {'model':<26} {'runs':>5} {'docs':>7} "
+            f"{'billed tok':>11} {'cost':>14}"]
+    for m in spend.by_model:
+        rows.append(f"  {m.tier:<6} {m.model_version:<18} {m.model[:26]:<26} {m.runs:>5} "
+                    f"{m.documents:>7} {m.billed_tokens:>11} {_usd(m.cost_usd):>14}")
+    return rows
+
+
+def _run_lines(runs: list[RunRecord]) -> list[str]:
+    if not runs:
+        return []
+    rows = ["  latest runs:", f"  {'run':<26} {'status':<10} {'budget':>14} {'estimated':>14} {'billed':>14}"]
+    for r in runs:
+        billed = _usd(r.cost_usd) if r.status == "succeeded" else f"<= {_usd(r.reserved_usd)}"
+        rows.append(f"  {r.run_id[:26]:<26} {r.status:<10} {_usd(r.budget_usd):>14} "
+                    f"{_usd(r.est_cost_usd):>14} {billed:>14}")
+    return rows
+
+
+def render_status(ledger: SpendLedger, budget: BudgetSettings, month: str, runs: list[RunRecord]) -> str:
+    spend = ledger.month_spend(month)
+    head = f"spend ledger {ledger.path} - month {month} (UTC)"
+    return "\n".join([head, *_month_lines(spend, budget), *_model_lines(spend), *_run_lines(runs)])
+
+
+def _status_dict(
+    ledger: SpendLedger, budget: BudgetSettings, month: str, runs: list[RunRecord]
+) -> dict[str, object]:
+    spend = ledger.month_spend(month)
+    return {
+        "ledger": str(ledger.path),
+        "month": month,
+        "billed_usd": spend.billed_usd,
+        "unreconciled_usd": spend.unreconciled_usd,
+        "reserved_usd": spend.reserved_usd,
+        "charged_usd": spend.charged_usd,
+        "committed_usd": spend.committed_usd,
+        "monthly_limit_usd": budget.monthly_usd,
+        "per_run_usd": budget.per_run_usd,
+        "level": budget_level(spend.charged_usd, budget.monthly_usd, budget.warn_fraction).value,
+        "by_model": [asdict(m) for m in spend.by_model],
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+@budget_app.command("status")
+def status(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML settings file; budget.ledger_path names the ledger.",
+        envvar="TIEREMBED_CONFIG")] = None,
+    month: Annotated[Optional[str], typer.Option(
+        help="Month to show, YYYY-MM (UTC); default: this month.")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=0, max=1000, help="How many latest runs to list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show month-to-date API spend per tier and model version, the limits, what is left,
+    and the latest runs (read from the spend ledger, budget.ledger_path)."""
+    from tiering.settings import load_settings
+
+    if month is not None and not _MONTH_RE.match(month):
+        typer.secho(f"error: --month must look like 2026-01, got {month!r}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    try:
+        settings = load_settings(config)
+        ledger = SpendLedger(settings.budget.ledger_path)
+        shown = month or ledger.current_month()
+        latest = ledger.runs(month=shown, limit=runs) if runs else []
+    except TierembedError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        typer.echo(json.dumps(_status_dict(ledger, settings.budget, shown, latest), indent=2))
+        return
+    typer.echo(render_status(ledger, settings.budget, shown, latest))
