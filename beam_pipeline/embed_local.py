@@ -11,18 +11,19 @@ of a transient fault: local failures are deterministic); failures become dead le
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.utils import shared
 
+from beam_pipeline.local_embedder import LoadedLocalModel, LocalModelSpec, load_local_model
+from beam_pipeline.records import doc_payload, make_embedded
+from beam_pipeline.validate import DEAD_LETTERS
 from tiering.chunking import aggregate_vectors
 from tiering.documents import DeadLetter, EmbeddedDocument, RoutedDocument, Tier
-
-from beam_pipeline.records import doc_payload, make_embedded
-from beam_pipeline.local_embedder import LoadedLocalModel, LocalModelSpec, load_local_model
-from beam_pipeline.validate import DEAD_LETTERS
 
 __all__ = ["EmbedLocal"]
 
@@ -72,9 +73,6 @@ class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
             yield make_embedded(routed, self._spec.model, aggregate_vectors(doc_vecs), len(chunks))
 
     def _dead(self, routed: RoutedDocument) -> DeadLetter:
-        import sys
-        import traceback
-
         exc = sys.exc_info()[1]
         _log.warning("local embedding failed for %s: %s", routed.id, exc)
         beam.metrics.Metrics.counter("tierembed", "dead_letters.embed").inc()

@@ -20,15 +20,6 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tiering.backoff import BackoffPolicy
-from tiering.documents import Tier
-from tiering.errors import ConfigError
-from tiering.packing import RequestLimits
-from tiering.pricing import Price, price_for
-from tiering.routing import Rule, RoutingPolicy
-from tiering.settings import ApiModelSettings, TierembedSettings
-from tiering.validation import ValidationRules
-
 from beam_pipeline.api_embedder import ApiEmbedderConfig
 from beam_pipeline.dead_letters import WriteDeadLetters, dead_letter_prefix
 from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
@@ -40,6 +31,14 @@ from beam_pipeline.route import RouteByTier, branch_tag
 from beam_pipeline.score import ScoreDocuments
 from beam_pipeline.sinks import LanceDBSinkConfig, SinkConfig, WriteEmbeddings
 from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
+from tiering.backoff import BackoffPolicy
+from tiering.documents import Tier
+from tiering.errors import ConfigError
+from tiering.packing import RequestLimits
+from tiering.pricing import Price, price_for
+from tiering.routing import RoutingPolicy, Rule
+from tiering.settings import ApiModelSettings, TierembedSettings
+from tiering.validation import ValidationRules
 
 __all__ = [
     "ResolvedApi",

@@ -87,7 +87,8 @@ def _jsonl_records(path: str, handle: io.BufferedIOBase) -> Iterator[RawRecord]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield RawRecord(path, line_no, line, parse_error=f"not valid JSON: {exc.msg} at column {exc.colno}")
+            yield RawRecord(path, line_no, line,
+                            parse_error=f"not valid JSON: {exc.msg} at column {exc.colno}")
             continue
         if not isinstance(value, dict):
             yield RawRecord(path, line_no, line,

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam import pvalue
 
+from beam_pipeline.plan import ExistingHashes, estimated_api_cost
 from tiering.budget import BudgetPlan, priority_key
 from tiering.documents import RoutedDocument, ScoredDocument, Tier
 from tiering.routing import RoutingPolicy, decide_route
-
-from beam_pipeline.plan import ExistingHashes, estimated_api_cost
 
 __all__ = ["RouteByTier", "branch_tag", "branch_tags"]
 

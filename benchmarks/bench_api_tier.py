@@ -125,30 +125,30 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
 
 
 def neighbour_uses(base_url: str, tpm: int, share: float) -> int:
-    """Reset the server, use ``share`` of its token bucket, return the tokens left."""
-    reset_remote(base_url)
-    configure_remote(base_url, error_rate=0.0, latency_s=0.0,
-                     max_tokens_per_request=300_000, max_tokens_per_input=8192)
+    """Use ``share`` of the token bucket with big requests; return the tokens left."""
     client = openai.OpenAI(base_url=base_url, api_key="neighbour", max_retries=0)
-    remaining, target = tpm, int(tpm * share)
-    used = 0
-    while used < target:
-        take = min(250_000, target - used, 8000 * 30)
-        inputs = ["w " * 8000] * (take // 8000) or ["w " * take]
-        raw = client.embeddings.with_raw_response.create(model=MODEL, input=inputs)
+    remaining, used, target = tpm, 0, int(tpm * share)
+    while target - used >= 8000:
+        take = min(240_000, target - used)
+        raw = client.embeddings.with_raw_response.create(model=MODEL, input=["w " * 8000] * (take // 8000))
         used += raw.parse().usage.prompt_tokens
         remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
     client.close()
-    reset_faults = {"max_tokens_per_request": LIMITS.max_tokens,
-                    "max_tokens_per_input": LIMITS.max_tokens_per_input}
-    return remaining, reset_faults  # type: ignore[return-value]
+    return remaining
 
 
-def prepare(base_url: str, args: argparse.Namespace) -> tuple[int, int]:
-    """Neighbour first, then the benchmark's faults and limits; returns (remaining, replies)."""
-    remaining, limits = neighbour_uses(base_url, args.tpm, args.preused)
-    configure_remote(base_url, error_rate=args.error_rate, latency_s=args.latency_s, **limits)
-    return remaining, sum(fetch_stats(base_url).responses_by_status.values())
+def prepare(base_url: str, args: argparse.Namespace) -> int:
+    """Fresh server, a neighbour's usage, then the benchmark's faults and limits.
+
+    Returns the tokens left in the provider's bucket when the client starts."""
+    reset_remote(base_url)
+    configure_remote(base_url, error_rate=0.0, latency_s=0.0,
+                     max_tokens_per_request=300_000, max_tokens_per_input=8192)
+    remaining = neighbour_uses(base_url, args.tpm, args.preused)
+    configure_remote(base_url, error_rate=args.error_rate, latency_s=args.latency_s,
+                     max_tokens_per_request=LIMITS.max_tokens,
+                     max_tokens_per_input=LIMITS.max_tokens_per_input)
+    return remaining
 
 
 # ----------------------------------------------------------------------------- clients
@@ -200,9 +200,9 @@ def measure(
     inputs: Sequence[ApiInput],
     args: argparse.Namespace,
 ) -> RunResult:
-    remaining, replies_before = prepare(base_url, args)
-    billed_before = fetch_stats(base_url).billed_tokens_total
-    by_status_before = fetch_stats(base_url).responses_by_status
+    remaining = prepare(base_url, args)
+    before = fetch_stats(base_url)
+    billed_before, by_status_before = before.billed_tokens_total, before.responses_by_status
     t0 = time.monotonic()
     lost = run(base_url, inputs, args)
     seconds = time.monotonic() - t0

@@ -7,8 +7,6 @@ explains its options.
 """
 
 # Prefect before Beam (see flows.embed).
-import prefect  # noqa: F401
-
 import json
 import logging
 import os
@@ -17,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
+import prefect  # noqa: F401
 import typer
 
 from tiering.errors import TierembedError

@@ -10,7 +10,6 @@ so budgets behave as they would against the real provider.
 from __future__ import annotations
 
 import logging
-
 import shutil
 import signal
 import socket

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "Tier",
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     """Where a document is embedded: the local model or the paid external API."""
 
     LOCAL = "local"

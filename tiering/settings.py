@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,7 +119,7 @@ class LocalTierSettings(_Section):
     max_batch_docs: int = Field(256, ge=1, description="BatchElements max_batch_size (documents).")
 
 
-class ApiEndpointMode(str, Enum):
+class ApiEndpointMode(StrEnum):
     """How the API tier finds its endpoint."""
 
     AUTO = "auto"

@@ -11,9 +11,8 @@ from typing import Protocol
 
 import apache_beam as beam
 
-from tiering.documents import EmbeddedDocument
-
 from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig
+from tiering.documents import EmbeddedDocument
 
 __all__ = ["SinkConfig", "WriteEmbeddings", "LanceDBSinkConfig"]
 

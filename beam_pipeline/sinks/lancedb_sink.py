@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -73,7 +73,7 @@ def _to_table(docs: list[EmbeddedDocument]) -> Any:
     import pyarrow as pa
 
     dim = len(docs[0].vector)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cols: dict[str, list[Any]] = defaultdict(list)
     for d in docs:
         cols["id"].append(d.document.id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tiering.errors import ConfigError
 from tiering.settings import load_settings
@@ -11,7 +12,7 @@ from tiering.settings import load_settings
 def test_defaults_load_and_are_frozen() -> None:
     s = load_settings()
     assert s.sink.kind == "lancedb" and s.routing.mode == "exclusive"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.routing.api_threshold = 0.1  # type: ignore[misc]
 
 
