@@ -1,13 +1,28 @@
 """EmbedApi: the API tier as a Beam stage.
 
 A thin DoFn around :class:`beam_pipeline.api_embedder.ApiEmbedder` (which holds the one
-retry layer, the rate limiters and the circuit breaker; see its docstring). The embedder is
-built in ``setup`` and closed in ``teardown``. Documents longer than the model's per-input
-limit are chunked (never truncated) and their chunk vectors aggregated. Billed tokens come
-from each reply's ``usage`` and are attributed to documents in proportion to their tokens.
+retry layer, the rate limiters, the circuit breaker and the spend cap; see its docstring).
+The embedder is built in ``setup`` and closed in ``teardown``, one per DoFn instance: its
+limits and spend cap are that worker's share (``api.worker_share``). Documents longer than
+the model's per-input limit are chunked (never truncated) and their chunk vectors
+aggregated. Billed tokens come from each reply's ``usage`` and are apportioned to inputs in
+whole tokens by their estimated tokens, so a document's ``billed_tokens`` and ``cost_usd``
+are exact and the documents of a reply add up to its bill.
 
-Outputs: ``embedded``; ``fallback`` (documents the open breaker sent to the local tier,
-already re-targeted); ``dead_letters``.
+Batching: ``BatchElements`` with a fixed size in *estimated tokens* (by default half a
+minute of this worker's token budget), not the adaptive doc count: each ``embed`` call then
+keeps its requests in flight long enough that the pause at the edge of a batch (the last
+replies of one batch, then the next batch's first request) costs little of the provider's
+rate, and the local buckets keep refilling during it.
+
+Outputs: ``embedded``; ``fallback`` (documents re-targeted to the local tier because the
+breaker was open or the run budget was reached, the reason appended to the document's
+route reason); ``dead_letters``. Counters (namespace ``tierembed``): ``embedded.api.<v>``,
+``chunks.api.<v>``, ``chunked.api.<v>``, ``est_tokens.api.<v>`` (estimates) apart from
+``billed_tokens.api.<v>`` (every billed token of every reply), ``fell_back.api.<v>`` (every
+document re-targeted to local, whatever the reason) and its subset
+``fell_back_budget.api.<v>``, ``api_requests.<v>.<status>``, ``api_retries.<v>``,
+``rate_limit_wait_ms.<v>``, ``dead_letters.embed``; distribution ``api_latency_ms.<v>``.
 """
 
 from __future__ import annotations
@@ -22,26 +37,39 @@ from apache_beam import pvalue
 from tiering.ab import assign_version
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
 from tiering.documents import DeadLetter, RoutedDocument, Tier
-from tiering.pricing import Price
+from tiering.pricing import Price, cost_usd
 
 from beam_pipeline.api_embedder import ApiEmbedder, ApiEmbedderConfig, ApiInput, CallFailure, EmbedOutcome
 from beam_pipeline.records import doc_payload, make_embedded
 from beam_pipeline.validate import DEAD_LETTERS
 
-__all__ = ["EmbedApi", "ApiBranch", "FALLBACK"]
+__all__ = ["EmbedApi", "ApiBranch", "FALLBACK", "BUDGET_REASON", "BREAKER_REASON", "default_batch_tokens"]
 
 _log = logging.getLogger(__name__)
 FALLBACK = "fallback"
 STAGE = "embed"
+BUDGET_REASON = "run budget reached"
+BREAKER_REASON = "circuit open"
 
 
 @dataclass(frozen=True, slots=True)
 class ApiBranch:
+    """One API model version: its embedder config (this worker's share), price and
+    what happens to documents the breaker or the spend cap keeps from the API."""
+
     version: str
     config: ApiEmbedderConfig
     price: Price
     on_breaker_open: str  # "local" | "dead_letter"
     local_versions: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        if self.on_breaker_open not in ("local", "dead_letter"):
+            raise ValueError(f"on_breaker_open must be 'local' or 'dead_letter', got {self.on_breaker_open!r}")
+
+
+def _counter(name: str) -> beam.metrics.metricbase.Counter:
+    return beam.metrics.Metrics.counter("tierembed", name)
 
 
 class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
@@ -55,6 +83,7 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
     def teardown(self) -> None:
         if self._embedder is not None:
             self._embedder.close()
+            self._embedder = None
 
     def process(self, batch: Sequence[RoutedDocument]) -> Iterator[object]:
         assert self._embedder is not None
@@ -65,45 +94,53 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         self._record_stats(outcome)
         start = 0
         for routed, chunks in zip(batch, per_doc, strict=True):
-            idxs = range(start, start + len(chunks))
+            idxs = list(range(start, start + len(chunks)))
             start += len(chunks)
-            yield from self._resolve(routed, list(idxs), outcome)
+            yield from self._resolve(routed, idxs, outcome)
 
     def _resolve(self, routed: RoutedDocument, idxs: list[int], outcome: EmbedOutcome) -> Iterator[object]:
-        version = self._branch.version
         failed = [outcome.failures[i] for i in idxs if i in outcome.failures]
-        counter = beam.metrics.Metrics.counter
         if failed:
             yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed, failed[0]))
-            return
-        if any(i in outcome.short_circuited for i in idxs):
+        elif any(i in outcome.short_circuited for i in idxs):
             yield from self._breaker_open(routed)
-            return
+        elif any(i in outcome.over_budget for i in idxs):
+            _counter(f"fell_back_budget.api.{self._branch.version}").inc()
+            yield self._to_local(routed, BUDGET_REASON)
+        else:
+            yield self._embedded(routed, idxs, outcome)
+
+    def _embedded(self, routed: RoutedDocument, idxs: list[int], outcome: EmbedOutcome) -> object:
+        version = self._branch.version
         billed = sum(outcome.billed_tokens[i] for i in idxs)
         vector = aggregate_vectors([outcome.vectors[i] for i in idxs])
-        counter("tierembed", f"embedded.api.{version}").inc()
-        counter("tierembed", f"chunks.api.{version}").inc(len(idxs))
-        counter("tierembed", f"est_tokens.api.{version}").inc(routed.scored.est_tokens)
+        _counter(f"embedded.api.{version}").inc()
+        _counter(f"chunks.api.{version}").inc(len(idxs))
+        _counter(f"est_tokens.api.{version}").inc(routed.scored.est_tokens)
         if len(idxs) > 1:
-            counter("tierembed", f"chunked.api.{version}").inc()
-        yield make_embedded(routed, self._branch.config.model, vector, len(idxs),
-                            billed_tokens=billed, cost_usd=cost_usd_float(billed, self._branch.price))
+            _counter(f"chunked.api.{version}").inc()
+        return make_embedded(routed, self._branch.config.model, vector, len(idxs),
+                             billed_tokens=float(billed), cost_usd=cost_usd(billed, self._branch.price))
 
     def _breaker_open(self, routed: RoutedDocument) -> Iterator[object]:
         if self._branch.on_breaker_open == "local":
-            local_version = assign_version(routed.id, self._branch.local_versions, salt="ab-local")
-            beam.metrics.Metrics.counter("tierembed", f"fell_back.api.{self._branch.version}").inc()
-            yield pvalue.TaggedOutput(FALLBACK, replace(
-                routed, tier=Tier.LOCAL, model_version=local_version,
-                reason=routed.reason + f"; API {self._branch.version} circuit open -> local",
-            ))
+            yield self._to_local(routed, BREAKER_REASON)
             return
         failure = CallFailure("breaker_open", "CircuitOpen", "endpoint failing; circuit breaker open",
                               True, False)
         yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed, failure))
 
+    def _to_local(self, routed: RoutedDocument, why: str) -> pvalue.TaggedOutput:
+        """Re-target a document to the local tier, recording why on the document."""
+        local_version = assign_version(routed.id, self._branch.local_versions, salt="ab-local")
+        _counter(f"fell_back.api.{self._branch.version}").inc()
+        return pvalue.TaggedOutput(FALLBACK, replace(
+            routed, tier=Tier.LOCAL, model_version=local_version,
+            reason=routed.reason + f"; API {self._branch.version}: {why} -> local {local_version}",
+        ))
+
     def _dead(self, routed: RoutedDocument, failure: CallFailure) -> DeadLetter:
-        beam.metrics.Metrics.counter("tierembed", "dead_letters.embed").inc()
+        _counter("dead_letters.embed").inc()
         doc = routed.scored.document
         next_step = ("retryable: replay with `tierembed replay`" if failure.retryable
                      else "terminal: fix the document, then replay it")
@@ -123,39 +160,44 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
 
     def _record_stats(self, outcome: EmbedOutcome) -> None:
         version = self._branch.version
-        counter = beam.metrics.Metrics.counter
         stats = outcome.stats
         for status, n in stats.requests_by_status.items():
-            counter("tierembed", f"api_requests.{version}.{status}").inc(n)
-        counter("tierembed", f"api_retries.{version}").inc(stats.retries)
-        counter("tierembed", f"billed_tokens.api.{version}").inc(stats.billed_tokens)
-        counter("tierembed", f"rate_limit_wait_ms.{version}").inc(int(stats.rate_limit_wait_s * 1000))
+            _counter(f"api_requests.{version}.{status}").inc(n)
+        _counter(f"api_retries.{version}").inc(stats.retries)
+        _counter(f"billed_tokens.api.{version}").inc(stats.billed_tokens)
+        _counter(f"rate_limit_wait_ms.{version}").inc(int(stats.rate_limit_wait_s * 1000))
+        if stats.unmetered_tokens:
+            _counter(f"unmetered_est_tokens.api.{version}").inc(stats.unmetered_tokens)
         dist = beam.metrics.Metrics.distribution("tierembed", f"api_latency_ms.{version}")
         for latency in stats.latencies_s:
             dist.update(int(latency * 1000))
 
 
-def cost_usd_float(billed_tokens: float, price: Price) -> float:
-    return float(billed_tokens) * float(price.per_token)
-
-
-def _api_units(routed: RoutedDocument) -> int:
-    return max(1, routed.scored.est_tokens // 500)
+def default_batch_tokens(config: ApiEmbedderConfig) -> int:
+    """Half a minute of this worker's token budget, at least one full request."""
+    return max(config.limits.max_tokens, config.tokens_per_minute // 2)
 
 
 class EmbedApi(beam.PTransform):  # type: ignore[misc]
-    def __init__(self, branch: ApiBranch, max_batch_docs: int = 2048) -> None:
+    """RoutedDocuments of one API version -> ``embedded``, ``fallback``, ``dead_letters``."""
+
+    def __init__(self, branch: ApiBranch, batch_tokens: int | None = None) -> None:
         super().__init__()
         self.branch = branch
-        self.max_batch_docs = max_batch_docs
+        self.batch_tokens = batch_tokens or default_batch_tokens(branch.config)
 
     def expand(self, docs: beam.PCollection[RoutedDocument]) -> dict[str, beam.PCollection]:
         out = (
             docs
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_docs,
-                                            element_size_fn=_api_units)
+            | "Batch" >> beam.BatchElements(min_batch_size=self.batch_tokens,
+                                            max_batch_size=self.batch_tokens,
+                                            element_size_fn=_est_tokens)
             | "Embed" >> beam.ParDo(_ApiEmbedFn(self.branch)).with_outputs(
                 DEAD_LETTERS, FALLBACK, main="embedded"
             )
         )
         return {"embedded": out.embedded, FALLBACK: out[FALLBACK], DEAD_LETTERS: out[DEAD_LETTERS]}
+
+
+def _est_tokens(routed: RoutedDocument) -> int:
+    return max(1, routed.scored.est_tokens)

@@ -154,14 +154,17 @@ def prepare(base_url: str, args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- clients
 
 
-def run_ours(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace) -> int:
-    config = ApiEmbedderConfig(
+def _config(base_url: str, args: argparse.Namespace) -> ApiEmbedderConfig:
+    return ApiEmbedderConfig(
         base_url=base_url, api_key="test", model=MODEL, provider="fake", limits=LIMITS,
         requests_per_minute=args.rpm, tokens_per_minute=args.tpm, max_in_flight=4,
         timeout_s=30.0, backoff=BackoffPolicy(base_s=0.25, cap_s=5.0),
         breaker_failure_threshold=8, breaker_reset_after_s=5.0,
     )
-    embedder = ApiEmbedder(config)
+
+
+def run_ours(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace) -> int:
+    embedder = ApiEmbedder(_config(base_url, args))
     try:
         outcome = embedder.embed(inputs)
     finally:
@@ -184,13 +187,30 @@ def run_naive(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespac
     return lost
 
 
-def pipeline_runner(n_docs: int) -> Callable[[str, Sequence[ApiInput], argparse.Namespace], int]:
-    def run(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace) -> int:
-        from benchmarks._bench_api_pipeline import run_embed_api
+def run_pipeline(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace) -> int:
+    """EmbedApi in a Beam pipeline (DirectRunner): each input text is one document."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
 
-        return run_embed_api(base_url, inputs[:n_docs], args, LIMITS, MODEL)
+    from beam_pipeline.embed_api import ApiBranch, EmbedApi
+    from tiering.documents import Document, RoutedDocument, ScoredDocument, Tier
+    from tiering.pricing import price_for
 
-    return run
+    docs = [
+        RoutedDocument(ScoredDocument(Document(f"d{n}", i.text, "bench"), 1.0, i.est_tokens),
+                       Tier.API, "bench-api", "benchmark")
+        for n, i in enumerate(inputs)
+    ]
+    branch = ApiBranch("bench-api", _config(base_url, args), price_for(MODEL), "local",
+                       (("local-v", 1.0),))
+    p = TestPipeline()
+    _ = p | beam.Create(docs, reshuffle=False) | EmbedApi(branch)
+    result = p.run()
+    result.wait_until_finish()
+    query = result.metrics().query(MetricsFilter().with_name("embedded.api.bench-api"))
+    embedded = sum(c.committed or c.attempted or 0 for c in query["counters"])
+    return len(inputs) - embedded
 
 
 def measure(
@@ -234,11 +254,11 @@ def print_table(results: Sequence[RunResult]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=12_000)
+    parser.add_argument("--docs", type=int, default=16_000)
     parser.add_argument("--naive-docs", type=int, default=6_000,
                         help="the naive client gets this many of the same inputs (time)")
-    parser.add_argument("--pipeline-docs", type=int, default=0,
-                        help="also run EmbedApi in a Beam TestPipeline on this many inputs")
+    parser.add_argument("--pipeline-docs", type=int, default=8_000,
+                        help="also run EmbedApi in a Beam TestPipeline on this many inputs (0: skip)")
     parser.add_argument("--rpm", type=int, default=3000)
     parser.add_argument("--tpm", type=int, default=1_000_000)
     parser.add_argument("--error-rate", type=float, default=0.10)
@@ -257,8 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = [measure("ours", run_ours, base_url, inputs, args)]
         results.append(measure("naive", run_naive, base_url, inputs[: args.naive_docs], args))
         if args.pipeline_docs:
-            runner = pipeline_runner(args.pipeline_docs)
-            results.append(measure("pipeline", runner, base_url, inputs[: args.pipeline_docs], args))
+            docs = inputs[: args.pipeline_docs]
+            results.append(measure("pipeline", run_pipeline, base_url, docs, args))
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -278,10 +278,51 @@ class PipelineSettings(_Section):
 
 
 class TelemetrySettings(_Section):
+    """Metrics through OpenTelemetry (see docs/observability.md). Every process of a run
+    (the flow and each Beam worker) sets up its own exporter from this slice; the standard
+    ``OTEL_*`` variables (endpoint, headers, ``OTEL_SERVICE_NAME``, ...) apply as usual."""
+
     exporter: Literal["none", "otlp", "console", "pushgateway"] = Field(
-        "none", description="Where metrics go; OTEL_* variables configure OTLP."
+        "none",
+        description="Where metrics go: 'otlp' (OTLP/HTTP push, cumulative), 'pushgateway' "
+        "(every metric to a Prometheus Pushgateway), 'console' (stdout, for debugging), 'none'.",
     )
-    pushgateway_url: str | None = None
+    pushgateway_url: str | None = Field(
+        None,
+        description="Pushgateway base URL (http://host:9091). Needed by exporter 'pushgateway'; "
+        "with 'otlp' the flow also pushes the month-to-date budget gauges there, so budget "
+        "alerts outlive the batch run.",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP base URL (http://collector:4318); None leaves it to "
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT (default localhost:4318).",
+    )
+    job_name: str = Field(
+        "tierembed",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="Pushgateway `job` label, and service.name unless OTEL_SERVICE_NAME sets one.",
+    )
+    export_interval_s: float = Field(
+        15.0, gt=0, le=3600, description="Periodic export / push interval while a run is going."
+    )
+    export_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Cap on one export, and on the final flush at exit or SIGTERM."
+    )
+    progress_dir: str | None = Field(
+        None,
+        description="Folder where workers leave run progress for the flow's progress artifact "
+        "(processes on the flow's machine); None = the system temp folder.",
+    )
+
+    @model_validator(mode="after")
+    def _check_pushgateway(self) -> TelemetrySettings:
+        if self.exporter == "pushgateway" and not self.pushgateway_url:
+            raise ValueError(
+                "telemetry.exporter is 'pushgateway' but telemetry.pushgateway_url is unset; set it "
+                "(e.g. TIEREMBED_TELEMETRY__PUSHGATEWAY_URL=http://pushgateway:9091)"
+            )
+        return self
 
 
 class TierembedSettings(BaseSettings):

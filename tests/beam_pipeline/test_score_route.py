@@ -32,7 +32,8 @@ def test_score_matches_the_classifier() -> None:
     docs = [doc(1), doc(2, "high")]
     clf = load_default()
     with TestPipeline() as p:
-        out = p | beam.Create(docs) | ScoreDocuments() | beam.Map(lambda s: (s.document.id, round(s.score, 9)))
+        scored = p | beam.Create(docs) | ScoreDocuments()
+        out = scored | beam.Map(lambda s: (s.document.id, round(s.score, 9)))
         assert_that(out, equal_to([(d.id, round(clf.score(d), 9)) for d in docs]))
 
 

@@ -50,6 +50,7 @@ class FlowParameters(BaseModel):
     budget_usd: float | None = None
     dry_run: bool = False
     full_refresh: bool = False
+    settings_overrides: dict[str, Any] | None = None
 
 
 def _raw() -> dict[str, Any]:
