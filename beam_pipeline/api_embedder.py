@@ -419,7 +419,7 @@ class ApiEmbedder:
     async def _send(
         self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
     ) -> CallFailure | None:
-        assert self._sem is not None
+        assert self._sem is not None and self._client is not None
         stats = outcome.stats
         async with self._sem:
             t0 = self._clock()

@@ -34,14 +34,13 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 from apache_beam import pvalue
 
+from beam_pipeline.api_embedder import ApiEmbedder, ApiEmbedderConfig, ApiInput, CallFailure, EmbedOutcome
+from beam_pipeline.records import doc_payload, make_embedded
+from beam_pipeline.validate import DEAD_LETTERS
 from tiering.ab import assign_version
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
 from tiering.documents import DeadLetter, RoutedDocument, Tier
 from tiering.pricing import Price, cost_usd
-
-from beam_pipeline.api_embedder import ApiEmbedder, ApiEmbedderConfig, ApiInput, CallFailure, EmbedOutcome
-from beam_pipeline.records import doc_payload, make_embedded
-from beam_pipeline.validate import DEAD_LETTERS
 
 __all__ = ["EmbedApi", "ApiBranch", "FALLBACK", "BUDGET_REASON", "BREAKER_REASON", "default_batch_tokens"]
 
@@ -65,7 +64,9 @@ class ApiBranch:
 
     def __post_init__(self) -> None:
         if self.on_breaker_open not in ("local", "dead_letter"):
-            raise ValueError(f"on_breaker_open must be 'local' or 'dead_letter', got {self.on_breaker_open!r}")
+            raise ValueError(
+                f"on_breaker_open must be 'local' or 'dead_letter', got {self.on_breaker_open!r}"
+            )
 
 
 def _counter(name: str) -> beam.metrics.metricbase.Counter:

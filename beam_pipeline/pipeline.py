@@ -14,7 +14,7 @@ from which the flow builds the run report.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -30,6 +30,7 @@ from beam_pipeline.read import ReadDocuments
 from beam_pipeline.route import RouteByTier, branch_tag
 from beam_pipeline.score import ScoreDocuments
 from beam_pipeline.sinks import LanceDBSinkConfig, SinkConfig, WriteEmbeddings
+from beam_pipeline.telemetry import RecordOutcomes, telemetry_context
 from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
 from tiering.backoff import BackoffPolicy
 from tiering.documents import Tier
@@ -106,14 +107,30 @@ def sink_config(settings: TierembedSettings) -> SinkConfig:
     if settings.sink.kind == "lancedb":
         lc = settings.sink.lancedb
         return LanceDBSinkConfig(lc.uri, lc.table_prefix, settings.sink.batch_size)
-    raise ConfigError(
-        "sink.kind 'weaviate' is not available in this release: the Weaviate sink is not built "
-        "yet (see docker/compose.yaml for the server). Use sink.kind: lancedb"
-    )
+    if settings.sink.kind == "weaviate":
+        # lazy: only Weaviate runs need the Weaviate sink
+        from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
+
+        versions = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
+        return WeaviateSinkConfig.from_settings(settings.sink, versions)
+    raise ConfigError(f"unknown sink.kind {settings.sink.kind!r}; use 'lancedb' or 'weaviate'")
 
 
 def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> ApiBranch:
+    """One API version's branch, with this worker's share of the limits and of the budget.
+
+    Provider limits are per endpoint and model: versions that call the same model split its
+    RPM and TPM evenly. The run budget (``spec.budget_usd``) is split across the API versions
+    by traffic weight (evenly when the weights are equal) and becomes the runtime spend cap.
+    Every share is then multiplied by ``api.worker_share``: rate limits and budgets are
+    global while workers are not, so with N workers running the API stage at once each one
+    gets 1/N (set ``api.worker_share: 1/N``).
+    """
     api = spec.settings.api
+    share = api.worker_share
+    same_model = sum(1 for m in api.models if m.model == model.model)
+    total_weight = sum(m.traffic_weight for m in api.models)
+    budget_share = model.traffic_weight / total_weight if total_weight else 1.0 / len(api.models)
     cfg = ApiEmbedderConfig(
         base_url=spec.api.base_url,
         api_key=spec.api.api_key,
@@ -122,8 +139,8 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
         limits=RequestLimits(model.max_inputs_per_request, model.max_tokens_per_request,
                              min(model.max_tokens_per_input,
                                  spec.api.max_tokens_per_input or model.max_tokens_per_input)),
-        requests_per_minute=api.requests_per_minute,
-        tokens_per_minute=api.tokens_per_minute,
+        requests_per_minute=max(1, int(api.requests_per_minute * share / same_model)),
+        tokens_per_minute=max(1, int(api.tokens_per_minute * share / same_model)),
         max_in_flight=api.max_in_flight,
         timeout_s=api.timeout_s,
         backoff=BackoffPolicy(api.retry.base_delay_s, api.retry.max_delay_s,
@@ -132,6 +149,8 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
         breaker_reset_after_s=api.breaker.reset_after_s,
         dimensions=model.dimensions,
         input_type=spec.api.document_input_type,
+        spend_cap_usd=None if spec.budget_usd is None else spec.budget_usd * budget_share * share,
+        price=price,
     )
     local_versions = tuple((m.version, m.traffic_weight) for m in spec.settings.local.models)
     return ApiBranch(model.version, cfg, price, api.breaker.on_open, local_versions)
@@ -145,6 +164,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     policy = routing_policy(s)
     prices = api_prices(s)
     per_token = {v: float(pr.per_token) for v, pr in prices.items()}
+    telemetry = telemetry_context(s, spec.run_id, spec.api.provider)
 
     raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
@@ -165,6 +185,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
         fallbacks.append(out[FALLBACK])
         dead.append(out[DEAD_LETTERS])
     fallback = tuple(fallbacks) | "FlattenFallback" >> beam.Flatten()
+    fallback | "RecordFallback" >> RecordOutcomes(telemetry, "fell_back")
     for m in s.local.models:
         mine = fallback | f"Fallback[{m.version}]" >> beam.Filter(
             lambda r, v=m.version: r.model_version == v
@@ -181,10 +202,14 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
         dead.append(out[DEAD_LETTERS])
 
     all_embedded = tuple(embedded) | "FlattenEmbedded" >> beam.Flatten()
-    written = all_embedded | "WriteEmbeddings" >> WriteEmbeddings(sink_config(s))
+    sink = sink_config(s)
+    if isinstance(sink, LanceDBSinkConfig):  # its writer reports documents written and progress
+        sink = replace(sink, telemetry=telemetry)
+    written = all_embedded | "WriteEmbeddings" >> WriteEmbeddings(sink)
     dead.append(written["dead_letters"])
-    (tuple(dead) | "FlattenDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(s.dead_letters.dir, spec.run_id))
+    letters = tuple(dead) | "FlattenDeadLetters" >> beam.Flatten()
+    letters | "WriteDeadLetters" >> WriteDeadLetters(s.dead_letters.dir, spec.run_id)
+    letters | "RecordDeadLetters" >> RecordOutcomes(telemetry, "dead_lettered")
 
 
 def pipeline_options(settings: TierembedSettings) -> PipelineOptions:

@@ -7,7 +7,8 @@ injected 5xx and a fixed reply latency, then embeds the same synthetic corpus wi
   buckets that follow the provider's headers, one retry layer, breaker);
 * **naive**: what a hand-written Beam step usually does (Beam's own OpenAI handler): the
   SDK's default retries (``max_retries=2``), fixed batches of 20 inputs, a requests-per-
-  minute limiter and no token limiter, one request at a time;
+  minute limiter and no token limiter, one request at a time per worker, 4 workers (as
+  many as ours keeps requests in flight);
 * optionally **pipeline**: ``EmbedApi`` inside a Beam ``TestPipeline`` on the DirectRunner
   (``--pipeline-docs N``), to show what Beam's batching does to the same backend.
 
@@ -36,9 +37,11 @@ import math
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from queue import Empty, Queue
 
 import openai
 
@@ -173,18 +176,36 @@ def run_ours(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace
 
 
 def run_naive(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace) -> int:
-    client = openai.OpenAI(base_url=base_url, api_key="test", timeout=30.0)  # SDK retries on
-    interval, next_at, lost = 60.0 / args.rpm, time.monotonic(), 0
-    for start in range(0, len(inputs), NAIVE_BATCH):
-        batch = [i.text for i in inputs[start : start + NAIVE_BATCH]]
-        time.sleep(max(0.0, next_at - time.monotonic()))
-        next_at = time.monotonic() + interval
-        try:
-            client.embeddings.create(model=MODEL, input=batch)
-        except openai.APIError:
-            lost += len(batch)
+    """``--naive-workers`` threads (like Beam running several DoFn instances), each sending
+    fixed batches of 20 one at a time at its share of the RPM limit, SDK retries on."""
+    client = openai.OpenAI(base_url=base_url, api_key="test", timeout=30.0)  # max_retries=2
+    batches = [[i.text for i in inputs[s : s + NAIVE_BATCH]] for s in range(0, len(inputs), NAIVE_BATCH)]
+    queue: Queue[list[str]] = Queue()
+    for batch in batches:
+        queue.put(batch)
+    lost: list[int] = []
+
+    def worker() -> None:
+        interval, next_at = 60.0 / (args.rpm / args.naive_workers), time.monotonic()
+        while True:
+            try:
+                batch = queue.get_nowait()
+            except Empty:
+                return
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = time.monotonic() + interval
+            try:
+                client.embeddings.create(model=MODEL, input=batch)
+            except openai.APIError:
+                lost.append(len(batch))
+
+    threads = [threading.Thread(target=worker) for _ in range(args.naive_workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     client.close()
-    return lost
+    return sum(lost)
 
 
 def run_pipeline(base_url: str, inputs: Sequence[ApiInput], args: argparse.Namespace) -> int:
@@ -259,6 +280,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the naive client gets this many of the same inputs (time)")
     parser.add_argument("--pipeline-docs", type=int, default=8_000,
                         help="also run EmbedApi in a Beam TestPipeline on this many inputs (0: skip)")
+    parser.add_argument("--naive-workers", type=int, default=4,
+                        help="concurrent naive workers (ours keeps up to 4 requests in flight)")
     parser.add_argument("--rpm", type=int, default=3000)
     parser.add_argument("--tpm", type=int, default=1_000_000)
     parser.add_argument("--error-rate", type=float, default=0.10)

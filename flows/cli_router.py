@@ -173,8 +173,10 @@ def parse_target(value: object, positive: str | None = None) -> float:
                 f"label {value!r} is not 0/1, true/false, high/low or a score in [0, 1]; "
                 f"pass --positive {value!r} if it names the high-value class"
             ) from None
+    elif value is None:
+        raise ValueError("no 'label' or 'target' given")
     else:
-        raise ValueError(f"label {value!r} is missing or not a number")
+        raise ValueError(f"label {value!r} is not a number or a word")
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise ValueError(f"target {value!r} is outside [0, 1]")
     return number
@@ -278,15 +280,15 @@ def sample_documents(docs: Sequence[Document], queries: Sequence[Query], size: i
     return (first + rest)[:size]
 
 
-def _ranks(doc_vectors: FloatMatrix, query_vector: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    sims = doc_vectors @ query_vector
-    order = np.argsort(-sims, kind="stable")
-    ranks = np.empty(len(sims), dtype=np.int64)
-    ranks[order] = np.arange(1, len(sims) + 1)
-    return ranks
+def _rank(sims: npt.NDArray[np.float32], i: int) -> float:
+    """1-based rank of item ``i`` by similarity; tied items share their average rank (a
+    tier that cannot tell documents apart gets no credit for listing one first)."""
+    better = int(np.sum(sims > sims[i]))
+    tied = int(np.sum(sims == sims[i]))
+    return better + (tied + 1) / 2.0
 
 
-def _discount(rank: int) -> float:
+def _discount(rank: float) -> float:
     return 1.0 / math.log2(1.0 + rank)
 
 
@@ -305,18 +307,18 @@ def derive_gain_labels(
     d_local, d_api = local.embed_documents(texts), api.embed_documents(texts)
     q_texts = [q.text for q in queries]
     q_local, q_api = local.embed_queries(q_texts), api.embed_queries(q_texts)
-    acc: dict[str, list[tuple[float, float, int, int]]] = {}
+    acc: dict[str, list[tuple[float, float, float, float]]] = {}
     for qi, query in enumerate(queries):
-        r_local, r_api = _ranks(d_local, q_local[qi]), _ranks(d_api, q_api[qi])
+        s_local, s_api = d_local @ q_local[qi], d_api @ q_api[qi]
         for doc_id, grade in query.judgements:
             if doc_id in index:
-                i = index[doc_id]
-                gain = _discount(int(r_api[i])) - _discount(int(r_local[i]))
-                acc.setdefault(doc_id, []).append((grade, gain, int(r_local[i]), int(r_api[i])))
+                r_local, r_api = _rank(s_local, index[doc_id]), _rank(s_api, index[doc_id])
+                gain = _discount(r_api) - _discount(r_local)
+                acc.setdefault(doc_id, []).append((grade, gain, r_local, r_api))
     return [_gain_label(doc_id, rows, min_gain) for doc_id, rows in acc.items()]
 
 
-def _gain_label(doc_id: str, rows: list[tuple[float, float, int, int]], min_gain: float) -> GainLabel:
+def _gain_label(doc_id: str, rows: list[tuple[float, float, float, float]], min_gain: float) -> GainLabel:
     weight = sum(g for g, *_ in rows)
     wins = sum(g for g, gain, *_ in rows if gain > min_gain)
     return GainLabel(
@@ -419,7 +421,8 @@ class _ApiTier:
     def embed_queries(self, texts: Sequence[str]) -> FloatMatrix:
         vectors = np.asarray(self._embed(list(texts), "query"), dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.where(norms == 0, 1.0, norms)
+        unit: FloatMatrix = (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+        return unit
 
 
 # ---------------------------------------------------------------------------- train
@@ -497,7 +500,7 @@ def _derive_with_real_tiers(
             ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}",
                             nothing_sent=api_tier is None or api_tier.requests == 0)
         raise
-    billed = api_tier.billed_tokens
+    billed = api_tier.billed_tokens if api_tier else 0
     ledger.finish_run(run_id, [SpendLine("api", model.version, model.model, len(sample), billed, estimate,
                                          cost_usd(billed, price))])
     echo(f"API tier billed {billed} tokens (${cost_usd(billed, price):.6f}), recorded in the spend "

@@ -26,6 +26,7 @@ from flows.endpoint import resolve_endpoint
 from flows.ledger import SpendLedger
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
+from flows.telemetry_flow import RunTelemetry
 from tiering.errors import InputNotFoundError
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
@@ -37,13 +38,17 @@ _ = prefect  # imported for its side effect on logging order
 
 def existing_hashes(settings: TierembedSettings) -> dict[str, dict[str, str]]:
     """Content hashes the store holds per configured model version (for SkipUnchanged)."""
-    if settings.sink.kind != "lancedb":
-        return {}  # Weaviate: every run upserts (idempotent by UUID); no skip yet
+    versions = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
+    if settings.sink.kind == "weaviate":
+        from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig, WeaviateStore
+
+        # one scan of the collection for all versions (Weaviate's cursor cannot filter)
+        with WeaviateStore(WeaviateSinkConfig.from_settings(settings.sink, versions)) as wv:
+            return wv.existing_hashes_by_version(versions)
     from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
 
     lc = settings.sink.lancedb
     store = LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
-    versions = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
     return {v: store.existing_hashes(v) for v in versions}
 
 
@@ -88,6 +93,8 @@ def run_embedding(
         grant = ledger.begin_run(run_id, per_run_usd=per_run, monthly_usd=settings.budget.monthly_usd,
                                  source=source, month_to_date_usd=month_to_date_usd)
         spec = PipelineSpec(settings, source, run_id, grant.budget_usd, api, existing)
+        telemetry = RunTelemetry(settings, run_id)
+        telemetry.begin(grant, api.provider, source)  # budget gauges, progress artifact
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
         runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
         try:
@@ -96,6 +103,7 @@ def run_embedding(
             # A missing input fails while the graph is built, before any paid call.
             ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}",
                             nothing_sent=isinstance(exc, InputNotFoundError))
+            telemetry.failed(exc)
             raise
     prices = api_prices(settings)
     report = build_report(
@@ -111,8 +119,9 @@ def run_embedding(
         duration_s=time.monotonic() - started,
         endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
     )
-    report, _ = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
-                              month=grant.month, emit=emit)
+    report, status = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
+                                   month=grant.month, emit=emit)
+    telemetry.finished(report, status)  # month-to-date gauges from the ledger; flush
     return report
 
 

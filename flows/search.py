@@ -2,23 +2,27 @@
 
 Vectors from two models live in different spaces, so their cosine scores are not
 comparable (merging by raw score cut nDCG@10 from 0.74 to 0.25 in our measurements). The
-query is embedded with each model version present in the store, each version's table is
-searched in its own space, and the rankings are fused with reciprocal-rank fusion
-(k=60), which needs no score calibration.
+query is embedded with each model version present in the store, each version is searched
+in its own space (its LanceDB table, or its Weaviate named vector), and the rankings are
+fused with reciprocal-rank fusion (k=60), which needs no score calibration.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from beam_pipeline.local_embedder import LocalModelSpec, load_local_model
-from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore, SearchHit
+from beam_pipeline.sinks.hits import SearchHit
+from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
 from flows.endpoint import resolve_endpoint
 from tiering.errors import ConfigError
 from tiering.settings import TierembedSettings
 
-__all__ = ["FusedHit", "search_store", "rrf_fuse"]
+__all__ = ["FusedHit", "VectorStore", "open_store", "search_store", "rrf_fuse"]
 
 RRF_K = 60
 
@@ -30,6 +34,27 @@ class FusedHit:
     text: str
     versions: dict[str, int] = field(default_factory=dict)  # version -> rank
     scores: dict[str, float] = field(default_factory=dict)  # version -> cosine, per space
+
+
+class VectorStore(Protocol):
+    """What searching needs from a sink's store (LanceDBStore, WeaviateStore)."""
+
+    def count(self, version: str) -> int: ...
+
+    def search(self, version: str, vector: Sequence[float], k: int) -> list[SearchHit]: ...
+
+
+@contextmanager
+def open_store(settings: TierembedSettings) -> Iterator[VectorStore]:
+    """The configured store (sink.kind), closed on exit."""
+    if settings.sink.kind == "weaviate":
+        from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig, WeaviateStore
+
+        with WeaviateStore(WeaviateSinkConfig.from_settings(settings.sink)) as store:
+            yield store
+        return
+    lc = settings.sink.lancedb
+    yield LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
 
 
 def rrf_fuse(per_version: dict[str, list[SearchHit]], k: int) -> list[FusedHit]:
@@ -68,11 +93,14 @@ def _embed_query_api(settings: TierembedSettings, versions: list[str], query: st
 def search_store(
     settings: TierembedSettings, query: str, *, k: int = 5, only_version: str | None = None
 ) -> list[FusedHit]:
-    if settings.sink.kind != "lancedb":
-        raise ConfigError("`tierembed search` reads the embedded store; sink.kind is "
-                          f"{settings.sink.kind!r} (query Weaviate with its own client)")
-    lc = settings.sink.lancedb
-    store = LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
+    """Search every model version present in the configured store (LanceDB or Weaviate)."""
+    with open_store(settings) as store:
+        return _search(settings, store, query, k, only_version)
+
+
+def _search(
+    settings: TierembedSettings, store: VectorStore, query: str, k: int, only_version: str | None
+) -> list[FusedHit]:
     configured = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
     present = [v for v in configured if store.count(v) > 0]
     if only_version:

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import SecretStr
 
 from tiering.errors import ConfigError
 from tiering.settings import TierembedSettings
+
+if TYPE_CHECKING:
+    from prefect.blocks.system import Secret
 
 __all__ = ["SecretLoader", "load_prefect_secret", "resolve_api_key"]
 
@@ -38,7 +42,9 @@ def load_prefect_secret(name: str) -> str:
     from prefect.blocks.system import Secret
 
     try:
-        block = Secret.load(name)
+        # _sync (taken by Prefect's async_dispatch, unknown to the stubs): a plain call even
+        # when the caller has an event loop running.
+        block = cast("Secret[Any]", Secret.load(name, _sync=True))  # type: ignore[call-arg]
     except ValueError as exc:  # Prefect's "Unable to find block document named ..."
         raise ConfigError(
             f"api.api_key_secret_block is {name!r} but the Prefect API has no Secret block of "

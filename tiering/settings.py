@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,23 @@ __all__ = [
 ]
 
 _VERSION_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_LAYERS: ContextVar[tuple[dict[str, Any], dict[str, Any]]] = ContextVar(
+    "tierembed_settings_layers", default=({}, {})
+)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A fixed mapping as a settings source (the YAML file, or per-run overrides)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
 
 
 class _Section(BaseModel):
@@ -189,6 +207,14 @@ class ApiTierSettings(_Section):
     requests_per_minute: int = Field(3000, ge=1, description="RPM limit (this worker's share).")
     tokens_per_minute: int = Field(1_000_000, ge=1, description="TPM limit (this worker's share).")
     max_in_flight: int = Field(4, ge=1, le=256, description="Concurrent requests per worker.")
+    worker_share: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of requests_per_minute, tokens_per_minute and the run budget that one "
+        "API worker (one EmbedApi DoFn instance) uses. Rate limits and budgets are global while "
+        "workers are not: with N workers embedding at once, set 1/N.",
+    )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     document_input_type: str | None = Field(
         None, description="Extra 'input_type' for documents (some servers want 'passage')."
@@ -249,10 +275,30 @@ class LanceDBSettings(_Section):
 
 
 class WeaviateSettings(_Section):
-    url: str = Field("http://localhost:8080")
-    grpc_port: int = Field(50051, ge=1, le=65535)
-    collection: str = Field("Document", pattern=r"^[A-Z][A-Za-z0-9_]*$")
-    api_key: SecretStr | None = None
+    """The production vector store: one collection, one named vector per model version."""
+
+    url: str = Field(
+        "http://localhost:8080",
+        pattern=r"^https?://[^/\s:]+(:[0-9]{1,5})?/?$",
+        description="Weaviate REST endpoint, scheme://host[:port] (https means TLS).",
+    )
+    grpc_host: str | None = Field(
+        None, min_length=1, description="gRPC host; None = the host of `url` (Weaviate Cloud: "
+        "'grpc-<cluster host>')."
+    )
+    grpc_port: int = Field(50051, ge=1, le=65535, description="Weaviate gRPC port.")
+    grpc_secure: bool | None = Field(None, description="TLS for gRPC; None = same as `url`.")
+    collection: str = Field(
+        "Document", pattern=r"^[A-Z][A-Za-z0-9_]*$", description="Collection (class) holding the objects."
+    )
+    api_key: SecretStr | None = Field(None, description="Weaviate API key; None = anonymous access.")
+    timeout_s: float = Field(
+        90.0, gt=0, le=3600, description="Per-request timeout for inserts and queries."
+    )
+    max_batch_mb: float = Field(
+        16.0, gt=0, le=90, description="Flush an insert batch early once its payload reaches this "
+        "size (Weaviate's default gRPC message limit is about 100 MB)."
+    )
 
 
 class SinkSettings(_Section):
@@ -366,8 +412,14 @@ class TierembedSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file reaches us as init kwargs (see load_settings), below the environment.
-        return env_settings, init_settings
+        # Highest first: per-run overrides > TIEREMBED_* environment > YAML file > defaults.
+        yaml_data, overrides = _LAYERS.get()
+        return (
+            _DictSource(settings_cls, overrides),
+            init_settings,
+            env_settings,
+            _DictSource(settings_cls, yaml_data),
+        )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -382,16 +434,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _format_validation_error(exc: ValidationError, origin: str) -> str:
@@ -414,13 +456,15 @@ def load_settings(
     """
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
     origin = str(path) if path else "defaults + environment"
+    if overrides:
+        origin += " + per-run overrides"
+    token = _LAYERS.set((data, overrides or {}))
     try:
-        settings = TierembedSettings(**data)
-        if overrides:
-            merged = _deep_merge(settings.model_dump(mode="python"), overrides)
-            settings = TierembedSettings.model_validate(merged)
+        settings = TierembedSettings()
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, origin)) from None
+    finally:
+        _LAYERS.reset(token)
     return _with_standard_openai_env(settings)
 
 

@@ -23,6 +23,8 @@ from apache_beam import pvalue
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.sinks.hits import SearchHit
+from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
 from tiering.settings import sanitize_identifier
 
@@ -37,22 +39,13 @@ class LanceDBSinkConfig:
     uri: str
     table_prefix: str = "docs"
     batch_size: int = 500
+    telemetry: TelemetryContext | None = None  # documents written and run progress
 
     def table_name(self, model_version: str) -> str:
         return f"{self.table_prefix}__{sanitize_identifier(model_version)}"
 
     def create_write_transform(self) -> beam.PTransform:
         return _WriteLanceDB(self)
-
-
-@dataclass(frozen=True, slots=True)
-class SearchHit:
-    id: str
-    score: float
-    text: str
-    model_version: str
-    tier: str
-    metadata_json: str
 
 
 def _schema(dim: int) -> Any:
@@ -172,9 +165,14 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         self._config = config
         self._store: LanceDBStore | None = None
         self._buffers: dict[str, list[EmbeddedDocument]] = defaultdict(list)
+        self._telemetry = SinkTelemetry(config.telemetry)
 
     def setup(self) -> None:
         self._store = LanceDBStore(self._config)
+        self._telemetry.setup()
+
+    def teardown(self) -> None:
+        self._telemetry.teardown()
 
     def start_bundle(self) -> None:
         self._buffers = defaultdict(list)
@@ -201,6 +199,7 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
             _log.error("upsert of %d documents into LanceDB failed: %s", len(docs), exc)
             return [pvalue.TaggedOutput("dead_letters", _dead(d, exc)) for d in docs]
         beam.metrics.Metrics.counter("tierembed", f"written.{version}").inc(len(docs))
+        self._telemetry.written(docs)
         return [d.document.id for d in docs]
 
 

@@ -332,3 +332,53 @@ def test_a_failing_emitter_does_not_fail_the_run(tmp_path: Path, make_settings: 
     assert status.alerts()[0].level is BudgetLevel.EXCEEDED
     assert any("budget exceeded" in n for n in settled.notes)
     assert ledger.run("r1").status == "succeeded"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------ a real Prefect API
+
+
+@pytest.mark.slow  # starts a temporary Prefect server (about 10 s) and runs the flow
+def test_flow_emits_budget_event_that_reaches_the_prefect_server(
+    tmp_path: Path, fake_api: FakeOpenAIServer
+) -> None:
+    import asyncio
+    import time
+
+    import yaml
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.embed import embed_documents
+
+    cfg = {
+        "api": {"endpoint": "custom", "base_url": fake_api.base_url, "api_key": "test",
+                "models": [{"version": "fake-v1", "model": MODEL, "price_per_million_tokens": PRICE}]},
+        "routing": {"api_threshold": 0.0},
+        "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
+        "dead_letters": {"dir": str(tmp_path / "dl")},
+        "budget": {"ledger_path": str(tmp_path / "ledger.sqlite"), "monthly_usd": 5.0},
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    src = write_jsonl(tmp_path / "docs.jsonl", _listings(6))
+
+    async def budget_events() -> list[Any]:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(event=EventNameFilter(prefix=["tierembed.budget."])), limit=50)
+            return list(page.events)
+
+    with prefect_test_harness(server_startup_timeout=120):
+        result = embed_documents(source=str(src), config_path=str(config), budget_usd=0.3)
+        deadline, found = time.monotonic() + 15, []
+        while not found and time.monotonic() < deadline:
+            found = asyncio.run(budget_events())
+            time.sleep(0.2)
+    assert result["over_budget"] > 0 and fake_api.stats().billed_tokens_total * PER_TOKEN <= 0.3
+    (event,) = found
+    assert event.event == "tierembed.budget.exceeded"
+    assert event.resource.id == "tierembed.budget.run"
+    assert event.payload["limit_usd"] == 0.3
+    assert event.payload["spend_usd"] == pytest.approx(result["cost_usd"])
+    assert event.payload["run_id"] == result["run_id"]

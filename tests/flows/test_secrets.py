@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from flows.secrets import load_prefect_secret, resolve_api_key
+from flows.secrets import SecretLoader, load_prefect_secret, resolve_api_key
 from tests.conftest import SettingsFactory, corpus, write_jsonl
 from tiering.errors import ConfigError
 from tiering.settings import load_settings
@@ -21,7 +21,7 @@ from tiering.settings import load_settings
 KEY = "sk-test-0123456789abcdef"
 
 
-def _loader(values: dict[str, str]) -> tuple[list[str], object]:
+def _loader(values: dict[str, str]) -> tuple[list[str], SecretLoader]:
     calls: list[str] = []
 
     def load(name: str) -> str:
@@ -36,7 +36,7 @@ def test_without_a_secret_block_settings_pass_through_and_nothing_is_loaded(
 ) -> None:
     settings = make_settings({"api": {"api_key": "from-yaml"}})
     calls, load = _loader({})
-    assert resolve_api_key(settings, load_secret=load) is settings  # type: ignore[arg-type]
+    assert resolve_api_key(settings, load_secret=load) is settings
     assert calls == []
 
 
@@ -46,7 +46,7 @@ def test_secret_block_key_becomes_api_key_and_wins_over_yaml_and_env(
     monkeypatch.setenv("OPENAI_API_KEY", "from-env")
     settings = make_settings({"api": {"api_key": "from-yaml", "api_key_secret_block": "openai-key"}})
     calls, load = _loader({"openai-key": KEY})
-    resolved = resolve_api_key(settings, load_secret=load)  # type: ignore[arg-type]
+    resolved = resolve_api_key(settings, load_secret=load)
     assert calls == ["openai-key"]
     assert isinstance(resolved.api.api_key, SecretStr)
     assert resolved.api.api_key.get_secret_value() == KEY
@@ -59,7 +59,7 @@ def test_secret_block_key_becomes_api_key_and_wins_over_yaml_and_env(
 def test_secret_block_key_is_stripped_of_surrounding_whitespace(make_settings: SettingsFactory) -> None:
     settings = make_settings({"api": {"api_key_secret_block": "openai-key"}})
     _, load = _loader({"openai-key": f"  {KEY}\n"})
-    resolved = resolve_api_key(settings, load_secret=load)  # type: ignore[arg-type]
+    resolved = resolve_api_key(settings, load_secret=load)
     assert resolved.api.api_key is not None and resolved.api.api_key.get_secret_value() == KEY
 
 
@@ -67,7 +67,7 @@ def test_empty_secret_block_is_a_config_error_naming_the_block(make_settings: Se
     settings = make_settings({"api": {"api_key_secret_block": "openai-key"}})
     _, load = _loader({"openai-key": "  \n"})
     with pytest.raises(ConfigError, match="'openai-key' is empty"):
-        resolve_api_key(settings, load_secret=load)  # type: ignore[arg-type]
+        resolve_api_key(settings, load_secret=load)
 
 
 def test_resolving_logs_the_block_name_but_never_the_key(
@@ -76,7 +76,7 @@ def test_resolving_logs_the_block_name_but_never_the_key(
     settings = make_settings({"api": {"api_key_secret_block": "openai-key"}})
     _, load = _loader({"openai-key": KEY})
     with caplog.at_level(logging.DEBUG):
-        resolve_api_key(settings, load_secret=load)  # type: ignore[arg-type]
+        resolve_api_key(settings, load_secret=load)
     assert "openai-key" in caplog.text and KEY not in caplog.text
 
 
@@ -112,7 +112,7 @@ def prefect_api() -> Iterator[None]:
 def _save(name: str, value: object) -> None:
     from prefect.blocks.system import Secret
 
-    Secret(value=value).save(name, overwrite=True)
+    Secret(value=value).save(name, overwrite=True)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -142,8 +142,11 @@ def test_missing_secret_block_fails_the_flow_before_any_work(prefect_api: None, 
 
     src = write_jsonl(tmp_path / "docs.jsonl", corpus(2))
     with pytest.raises(ConfigError, match="no Secret block of that name.*'tierembed-missing'"):
-        embed_documents(source=str(src), dry_run=True,
-                        settings_overrides={"api": {"api_key_secret_block": "tierembed-missing"}})
+        embed_documents(
+            source=str(src),
+            dry_run=True,
+            settings_overrides={"api": {"api_key_secret_block": "tierembed-missing"}},
+        )
 
 
 @pytest.mark.slow
@@ -155,7 +158,10 @@ def test_flow_dry_run_loads_the_secret_block_named_in_the_settings(
     _save("tierembed-flow-key", KEY)
     src = write_jsonl(tmp_path / "docs.jsonl", corpus(2))
     with caplog.at_level(logging.INFO):
-        result = embed_documents(source=str(src), dry_run=True,
-                                 settings_overrides={"api": {"api_key_secret_block": "tierembed-flow-key"}})
+        result = embed_documents(
+            source=str(src),
+            dry_run=True,
+            settings_overrides={"api": {"api_key_secret_block": "tierembed-flow-key"}},
+        )
     assert result == {"dry_run": True, "files": [str(src)]}
     assert "tierembed-flow-key" in caplog.text and KEY not in caplog.text

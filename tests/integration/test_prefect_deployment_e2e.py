@@ -80,8 +80,13 @@ def _base_env(prefect_home: Path, api_url: str) -> dict[str, str]:
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
@@ -105,8 +110,13 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 def _prefect(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "prefect", "--no-prompt", *args], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -149,7 +159,9 @@ class _AuthRecordingProxy:
             def _forward(self, body: bytes | None) -> None:
                 proxy.authorizations.append(self.headers.get("Authorization", ""))
                 request = urllib.request.Request(
-                    proxy.upstream + self.path, data=body, method=self.command,
+                    proxy.upstream + self.path,
+                    data=body,
+                    method=self.command,
                     headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
                 )
                 try:
@@ -159,8 +171,13 @@ class _AuthRecordingProxy:
                     status, headers, payload = error.code, error.headers, error.read()
                 self.send_response(status)
                 for name, value in headers.items():
-                    if name.lower() not in {"content-length", "connection", "transfer-encoding",
-                                            "server", "date"}:
+                    if name.lower() not in {
+                        "content-length",
+                        "connection",
+                        "transfer-encoding",
+                        "server",
+                        "date",
+                    }:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -193,9 +210,10 @@ class _AuthRecordingProxy:
 async def _save_secret(api_url: str, key: str) -> None:
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import PrefectClient
+    from pydantic import SecretStr
 
     async with PrefectClient(api_url) as client:
-        await Secret(value=key).asave(SECRET_BLOCK, overwrite=True, client=client)
+        await Secret(value=SecretStr(key)).asave(SECRET_BLOCK, overwrite=True, client=client)
 
 
 async def _read_run(api_url: str) -> dict[str, Any]:
@@ -212,18 +230,21 @@ async def _read_run(api_url: str) -> dict[str, Any]:
 
     async with PrefectClient(api_url) as client:
         runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["adhoc"])))
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["adhoc"]))
+        )
         assert len(runs) == 1, [r.name for r in runs]
         run = runs[0]
         logs: list[Any] = []
         while True:  # the server pages logs (200 at most per read)
             page = await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), offset=len(logs))
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), offset=len(logs)
+            )
             logs.extend(page)
             if not page:
                 break
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
         deployments = {d.name: d for d in await client.read_deployments()}
     return {"run": run, "logs": logs, "artifacts": artifacts, "deployments": deployments}
 
@@ -239,8 +260,9 @@ def _write_inputs(tmp_path: Path, api_base_url: str) -> tuple[Path, Path, list[d
             "endpoint": "custom",
             "base_url": api_base_url,
             "api_key_secret_block": SECRET_BLOCK,
-            "models": [{"version": API_VERSION, "model": "text-embedding-3-small",
-                        "price_per_million_tokens": 0.02}],
+            "models": [
+                {"version": API_VERSION, "model": "text-embedding-3-small", "price_per_million_tokens": 0.02}
+            ],
             "retry": {"max_attempts": 2, "base_delay_s": 0.1, "max_total_s": 10},
         },
         # Every valid document scores >= 0, so every one goes to the API tier.
@@ -264,28 +286,68 @@ def test_adhoc_deployment_run_through_a_worker_completes_and_keeps_the_key_secre
     env = _base_env(tmp_path / "prefect-home", api_url)
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
     server = worker = None
-    with FakeOpenAIServer(FakeServerConfig()) as fake, _AuthRecordingProxy(fake.url).running() \
-            as proxy:
+    with FakeOpenAIServer(FakeServerConfig()) as fake, _AuthRecordingProxy(fake.url).running() as proxy:
         source, config_path, docs = _write_inputs(tmp_path, proxy.base_url)
         try:
-            server = _start([sys.executable, "-m", "prefect", "server", "start",
-                             "--host", "127.0.0.1", "--port", str(port)], env, server_log)
+            server = _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env,
+                server_log,
+            )
             _wait_healthy(api_url, server, server_log, timeout_s=45)
             created = _prefect(env, "work-pool", "create", POOL, "--type", "process")
             assert created.returncode == 0, created.stdout + created.stderr
             # The worker starts while the deployments are created: it polls every second.
             worker_env = {**env, "TIEREMBED_HOME": str(REPO_ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-            worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
-                             "--type", "process", "--install-policy", "never"], worker_env, worker_log)
+            worker = _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "worker",
+                    "start",
+                    "--pool",
+                    POOL,
+                    "--type",
+                    "process",
+                    "--install-policy",
+                    "never",
+                ],
+                worker_env,
+                worker_log,
+            )
             asyncio.run(_save_secret(api_url, key))
             # TIEREMBED_HOME stays unset here: the stored pull step keeps the placeholder and
             # the worker resolves it from its own environment, as in production.
             deployed = _prefect(env, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
             assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
-            ran = _prefect(env, "deployment", "run", DEPLOYMENT,
-                           "--param", f"source={source}", "--param", f"config_path={config_path}",
-                           "--watch", "--watch-interval", "1", "--watch-timeout", "70", timeout=80)
+            ran = _prefect(
+                env,
+                "deployment",
+                "run",
+                DEPLOYMENT,
+                "--param",
+                f"source={source}",
+                "--param",
+                f"config_path={config_path}",
+                "--watch",
+                "--watch-interval",
+                "1",
+                "--watch-timeout",
+                "70",
+                timeout=80,
+            )
             seen = asyncio.run(_read_run(api_url))
         finally:
             _stop(worker)

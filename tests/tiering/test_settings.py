@@ -20,8 +20,11 @@ def test_yaml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.Monkey
     cfg = tmp_path / "c.yaml"
     cfg.write_text("budget:\n  monthly_usd: 10\n  per_run_usd: 1\nrouting:\n  api_threshold: 0.2\n")
     monkeypatch.setenv("TIEREMBED_BUDGET__PER_RUN_USD", "2")
+    monkeypatch.setenv("TIEREMBED_ROUTING__API_THRESHOLD", "0.4")
     s = load_settings(cfg, overrides={"routing": {"api_threshold": 0.9}})
-    assert s.budget.monthly_usd == 10 and s.budget.per_run_usd == 2 and s.routing.api_threshold == 0.9
+    assert s.budget.monthly_usd == 10  # YAML
+    assert s.budget.per_run_usd == 2  # environment beats YAML
+    assert s.routing.api_threshold == 0.9  # per-run override beats environment
 
 
 def test_bad_value_names_field_and_fix(tmp_path: Path) -> None:

@@ -1,0 +1,208 @@
+"""EmbedApi as a Beam stage (TestPipeline + assert_that) against the fake OpenAI server:
+embedded documents with exact billed cost, dead letters, fallback to the local tier, counters;
+and ``_api_branch``'s per-worker shares of the limits and the run budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from fractions import Fraction
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from beam_pipeline.api_embedder import ApiEmbedderConfig
+from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
+from beam_pipeline.pipeline import PipelineSpec, ResolvedApi, _api_branch
+from beam_pipeline.validate import DEAD_LETTERS
+from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig, count_tokens
+from tiering.backoff import BackoffPolicy
+from tiering.chunking import chunk_text, estimate_tokens
+from tiering.documents import DeadLetter, Document, EmbeddedDocument, RoutedDocument, ScoredDocument, Tier
+from tiering.packing import RequestLimits
+from tiering.pricing import Price, price_for
+from tiering.settings import load_settings
+
+MODEL = "text-embedding-3-small"
+VERSION = "te3-small"
+LOCAL = (("minilm", 1.0),)
+PRICE = Price(MODEL, "0.02")
+PER_INPUT = 40
+
+
+def routed(doc_id: str, text: str) -> RoutedDocument:
+    scored = ScoredDocument(Document(doc_id, text, "test.jsonl"), 0.9, estimate_tokens(text))
+    return RoutedDocument(scored, Tier.API, VERSION, "score 0.90 >= 0.5")
+
+
+def branch(server: FakeOpenAIServer, on_open: str = "local", **changes: Any) -> ApiBranch:
+    config = ApiEmbedderConfig(
+        base_url=server.base_url, api_key="test", model=MODEL, provider="fake",
+        limits=RequestLimits(2048, 300_000, PER_INPUT), requests_per_minute=6000,
+        tokens_per_minute=1_000_000, max_in_flight=4, timeout_s=5.0,
+        backoff=BackoffPolicy(base_s=0.01, cap_s=0.05), breaker_failure_threshold=2,
+        breaker_reset_after_s=60.0, price=PRICE,
+    )
+    return ApiBranch(VERSION, replace(config, **changes), PRICE, on_open, LOCAL)
+
+
+Check = Callable[[Sequence[Any]], None]
+
+
+def run_stage(
+    api: ApiBranch, docs: Sequence[RoutedDocument], embedded: Check, fallback: Check, dead: Check
+) -> dict[str, int]:
+    """Run EmbedApi over ``docs`` with a check per output; return the stage's counters."""
+    p = TestPipeline()
+    out = p | beam.Create(docs, reshuffle=False) | EmbedApi(api)
+    assert_that(out["embedded"], embedded, label="Embedded")
+    assert_that(out[FALLBACK], fallback, label="Fallback")
+    assert_that(out[DEAD_LETTERS], dead, label="DeadLetters")
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace("tierembed"))["counters"]
+    return {c.key.metric.name: int(c.committed or 0) for c in counters}
+
+
+def doc_id(item: EmbeddedDocument | RoutedDocument | DeadLetter) -> str | None:
+    if isinstance(item, DeadLetter):
+        return item.doc_id
+    return item.id if isinstance(item, RoutedDocument) else item.document.id
+
+
+def ids(expected: set[str]) -> Check:
+    def check(items: Sequence[Any]) -> None:
+        got = sorted(str(doc_id(i)) for i in items)
+        assert got == sorted(expected), got
+
+    return check
+
+
+def every(*checks: Check) -> Check:
+    def check(items: Sequence[Any]) -> None:
+        for c in checks:
+            c(items)
+
+    return check
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(FakeServerConfig(seed=2)) as srv:
+        yield srv
+
+
+def listing(i: int) -> str:
+    return f"Listing {i}: bright flat with a garden, renovated kitchen, near the station."
+
+
+def test_documents_are_embedded_chunked_and_billed_exactly_and_poison_is_dead_lettered(
+    server: FakeOpenAIServer,
+) -> None:
+    long_text = " ".join(listing(i) for i in range(12))  # over the 40-token input limit
+    docs = [routed(f"d{i}", listing(i)) for i in range(6)]
+    docs += [routed("long", long_text), routed("poison", "a listing with __POISON__ inside")]
+    sent = [listing(i) for i in range(6)] + chunk_text(long_text, PER_INPUT)
+    expected_bill = sum(count_tokens(t) for t in sent)
+
+    def exact_cost(items: Sequence[EmbeddedDocument]) -> None:
+        assert sum(d.billed_tokens for d in items) == expected_bill
+        for d in items:
+            assert d.billed_tokens == int(d.billed_tokens) and d.tier is Tier.API
+            assert d.cost_usd == float(Fraction(int(d.billed_tokens)) * PRICE.per_token)
+        assert next(d for d in items if d.document.id == "long").n_chunks == len(sent) - 6
+
+    def poison_letter(items: Sequence[DeadLetter]) -> None:
+        (letter,) = items
+        assert (letter.stage, letter.retryable, dict(letter.extra)["status"]) == ("embed", False, "400")
+        assert letter.tier == "api" and letter.model_version == VERSION and "__POISON__" in letter.payload
+
+    counters = run_stage(
+        branch(server), docs,
+        embedded=every(ids({f"d{i}" for i in range(6)} | {"long"}), exact_cost),
+        fallback=ids(set()), dead=every(ids({"poison"}), poison_letter),
+    )
+
+    assert server.stats().billed_tokens_total == expected_bill
+    assert counters[f"billed_tokens.api.{VERSION}"] == expected_bill
+    assert counters[f"embedded.api.{VERSION}"] == 7 and counters[f"chunked.api.{VERSION}"] == 1
+    assert counters["dead_letters.embed"] == 1
+    assert counters[f"api_requests.{VERSION}.400"] >= 1
+
+
+def test_dead_endpoint_trips_the_breaker_and_documents_fall_back_to_local(server: FakeOpenAIServer) -> None:
+    server.configure(dead=True)
+    docs = [routed(f"d{i}", listing(i)) for i in range(5)]
+
+    def retargeted(items: Sequence[RoutedDocument]) -> None:
+        for r in items:
+            assert r.tier is Tier.LOCAL and r.model_version == "minilm"
+            assert r.reason.startswith("score 0.90") and "circuit open -> local minilm" in r.reason
+
+    counters = run_stage(branch(server, limits=RequestLimits(1, 300_000, PER_INPUT)), docs,
+                         embedded=ids(set()), fallback=every(ids({f"d{i}" for i in range(5)}), retargeted),
+                         dead=ids(set()))
+
+    assert server.stats().requests_total == 2  # the breaker's threshold, then no more calls
+    assert counters[f"fell_back.api.{VERSION}"] == 5
+    assert counters[f"api_requests.{VERSION}.503"] == 2
+
+
+def test_dead_endpoint_dead_letters_documents_when_configured(server: FakeOpenAIServer) -> None:
+    server.configure(dead=True)
+    docs = [routed(f"d{i}", listing(i)) for i in range(3)]
+
+    def circuit_open(items: Sequence[DeadLetter]) -> None:
+        assert {(d.error_type, d.retryable) for d in items} == {("CircuitOpen", True)}
+
+    counters = run_stage(branch(server, on_open="dead_letter"), docs, embedded=ids(set()),
+                         fallback=ids(set()), dead=every(ids({"d0", "d1", "d2"}), circuit_open))
+
+    assert counters["dead_letters.embed"] == 3 and f"fell_back.api.{VERSION}" not in counters
+
+
+def test_run_budget_reached_routes_the_rest_to_local_and_counts_it(server: FakeOpenAIServer) -> None:
+    dollar_a_token = Price(MODEL, "1000000")
+    docs = [routed(f"d{i}", " ".join(["word"] * 10)) for i in range(10)]  # 10 tokens each
+    api = replace(branch(server, limits=RequestLimits(1, 300_000, PER_INPUT), spend_cap_usd=45.0,
+                         price=dollar_a_token), price=dollar_a_token)
+
+    def within_cap(items: Sequence[EmbeddedDocument]) -> None:
+        assert len(items) == 4 and sum(d.cost_usd for d in items) == 40.0
+
+    def budget_reason(items: Sequence[RoutedDocument]) -> None:
+        assert len(items) == 6
+        assert all(r.tier is Tier.LOCAL and "run budget reached -> local" in r.reason for r in items)
+
+    counters = run_stage(api, docs, embedded=within_cap, fallback=budget_reason, dead=ids(set()))
+
+    assert server.stats().billed_tokens_total == 40
+    assert counters[f"fell_back_budget.api.{VERSION}"] == 6 and counters[f"fell_back.api.{VERSION}"] == 6
+
+
+def test_api_branch_gives_each_worker_its_share_of_limits_and_budget() -> None:
+    settings = load_settings(overrides={"api": {
+        "requests_per_minute": 3000, "tokens_per_minute": 1_000_000, "worker_share": 0.25,
+        "models": [
+            {"version": "a", "model": MODEL, "traffic_weight": 0.75},
+            {"version": "b", "model": MODEL, "traffic_weight": 0.25, "dimensions": 256},
+            {"version": "c", "model": "text-embedding-3-large", "traffic_weight": 0.0},
+        ],
+    }})
+    spec = PipelineSpec(settings, "in.jsonl", "run", 8.0, ResolvedApi("http://x/v1", "k", "openai"))
+    by_version = {m.version: _api_branch(spec, m, price_for(m.model)).config for m in settings.api.models}
+
+    a, b, c = by_version["a"], by_version["b"], by_version["c"]
+    # a and b call the same model: they split its limits; c has the large model's own limits
+    assert (a.requests_per_minute, a.tokens_per_minute) == (375, 125_000)
+    assert (c.requests_per_minute, c.tokens_per_minute) == (750, 250_000)
+    # the run budget is split by traffic weight, then by worker
+    assert a.spend_cap_usd == pytest.approx(8.0 * 0.75 * 0.25)
+    assert b.spend_cap_usd == pytest.approx(8.0 * 0.25 * 0.25) and c.spend_cap_usd == 0.0
+    assert a.price == price_for(MODEL)
+    no_budget = replace(spec, budget_usd=None)
+    assert _api_branch(no_budget, settings.api.models[0], price_for(MODEL)).config.spend_cap_usd is None
