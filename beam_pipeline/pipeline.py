@@ -37,7 +37,7 @@ from tiering.documents import Tier
 from tiering.errors import ConfigError
 from tiering.packing import RequestLimits
 from tiering.pricing import Price, price_for
-from tiering.routing import RoutingPolicy, Rule
+from tiering.routing import RoutingPolicy, policy_from_settings
 from tiering.settings import ApiModelSettings, TierembedSettings
 from tiering.validation import ValidationRules
 
@@ -89,14 +89,7 @@ class PipelineOutcome:
 
 
 def routing_policy(settings: TierembedSettings) -> RoutingPolicy:
-    r = settings.routing
-    return RoutingPolicy(
-        mode=r.mode,
-        api_threshold=r.api_threshold,
-        rules=tuple(Rule(x.field, x.equals, Tier(x.tier)) for x in r.rules),
-        local_versions=tuple((m.version, m.traffic_weight) for m in settings.local.models),
-        api_versions=tuple((m.version, m.traffic_weight) for m in settings.api.models),
-    )
+    return policy_from_settings(settings)
 
 
 def api_prices(settings: TierembedSettings) -> dict[str, Price]:

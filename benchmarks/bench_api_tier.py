@@ -127,31 +127,35 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split(" ", 1)[1]
 
 
-def neighbour_uses(base_url: str, tpm: int, share: float) -> int:
-    """Use ``share`` of the token bucket with big requests; return the tokens left."""
+def neighbour_uses(base_url: str, tpm: int, share: float) -> tuple[int, float]:
+    """Use ``share`` of the token bucket with big requests.
+
+    Returns the tokens its last reply said were left, and when that reply arrived."""
     client = openai.OpenAI(base_url=base_url, api_key="neighbour", max_retries=0)
-    remaining, used, target = tpm, 0, int(tpm * share)
+    remaining, used, target, at = tpm, 0, int(tpm * share), time.monotonic()
     while target - used >= 8000:
         take = min(240_000, target - used)
         raw = client.embeddings.with_raw_response.create(model=MODEL, input=["w " * 8000] * (take // 8000))
+        at = time.monotonic()
         used += raw.parse().usage.prompt_tokens
         remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
     client.close()
-    return remaining
+    return remaining, at
 
 
-def prepare(base_url: str, args: argparse.Namespace) -> int:
+def prepare(base_url: str, args: argparse.Namespace) -> tuple[int, float]:
     """Fresh server, a neighbour's usage, then the benchmark's faults and limits.
 
-    Returns the tokens left in the provider's bucket when the client starts."""
+    Returns the tokens left in the provider's bucket and the moment they were reported:
+    the run's clock starts there, so the refill while we reconfigure counts against us."""
     reset_remote(base_url)
     configure_remote(base_url, error_rate=0.0, latency_s=0.0,
                      max_tokens_per_request=300_000, max_tokens_per_input=8192)
-    remaining = neighbour_uses(base_url, args.tpm, args.preused)
+    remaining, at = neighbour_uses(base_url, args.tpm, args.preused)
     configure_remote(base_url, error_rate=args.error_rate, latency_s=args.latency_s,
                      max_tokens_per_request=LIMITS.max_tokens,
                      max_tokens_per_input=LIMITS.max_tokens_per_input)
-    return remaining
+    return remaining, at
 
 
 # ----------------------------------------------------------------------------- clients
@@ -241,10 +245,9 @@ def measure(
     inputs: Sequence[ApiInput],
     args: argparse.Namespace,
 ) -> RunResult:
-    remaining = prepare(base_url, args)
+    remaining, t0 = prepare(base_url, args)
     before = fetch_stats(base_url)
     billed_before, by_status_before = before.billed_tokens_total, before.responses_by_status
-    t0 = time.monotonic()
     lost = run(base_url, inputs, args)
     seconds = time.monotonic() - t0
     stats = fetch_stats(base_url)
@@ -276,8 +279,8 @@ def print_table(results: Sequence[RunResult]) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=16_000)
-    parser.add_argument("--naive-docs", type=int, default=6_000,
-                        help="the naive client gets this many of the same inputs (time)")
+    parser.add_argument("--naive-docs", type=int, default=0,
+                        help="the naive client gets the first N of the same inputs (0: all)")
     parser.add_argument("--pipeline-docs", type=int, default=8_000,
                         help="also run EmbedApi in a Beam TestPipeline on this many inputs (0: skip)")
     parser.add_argument("--naive-workers", type=int, default=4,
@@ -298,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     proc, base_url = start_server(args)
     try:
         results = [measure("ours", run_ours, base_url, inputs, args)]
-        results.append(measure("naive", run_naive, base_url, inputs[: args.naive_docs], args))
+        naive_inputs = inputs[: args.naive_docs] if args.naive_docs else inputs
+        results.append(measure("naive", run_naive, base_url, naive_inputs, args))
         if args.pipeline_docs:
             docs = inputs[: args.pipeline_docs]
             results.append(measure("pipeline", run_pipeline, base_url, docs, args))

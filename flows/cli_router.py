@@ -39,7 +39,7 @@ from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
 from tiering.classifier import LabeledExample, TrainingDataError, ValueClassifier, load_default, train
 from tiering.documents import Document, Tier
 from tiering.errors import ConfigError, InputNotFoundError, TierembedError
-from tiering.routing import RoutingPolicy, Rule, wanted_tier
+from tiering.routing import policy_from_settings, wanted_tier
 from tiering.settings import TierembedSettings
 from tiering.validation import RawRecord, ValidationRules, validate_record
 
@@ -593,17 +593,6 @@ def _examples_from_queries(
 # -------------------------------------------------------------------------- explain
 
 
-def _policy(settings: TierembedSettings) -> RoutingPolicy:
-    r = settings.routing
-    return RoutingPolicy(
-        mode=r.mode,
-        api_threshold=r.api_threshold,
-        rules=tuple(Rule(x.field, x.equals, Tier(x.tier)) for x in r.rules),
-        local_versions=tuple((m.version, m.traffic_weight) for m in settings.local.models),
-        api_versions=tuple((m.version, m.traffic_weight) for m in settings.api.models),
-    )
-
-
 def _find_document(source: Path, doc_id: str, rules: ValidationRules) -> Document:
     for doc in read_documents(source, rules):
         if doc.id == doc_id:
@@ -647,7 +636,7 @@ def explain_command(
         _fail(exc)
         return
     explanation = clf.explain(doc)
-    tier, reason = wanted_tier(doc, explanation.score, _policy(settings))
+    tier, reason = wanted_tier(doc, explanation.score, policy_from_settings(settings))
     typer.echo(explanation.render())
     after = "; the budget plan may still move it to local" if tier is Tier.API else ""
     typer.echo(f"  routing: {tier.value} tier ({reason}){after}")

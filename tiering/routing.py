@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from tiering.ab import assign_version
 from tiering.budget import BudgetPlan, PriorityKey
 from tiering.documents import Document, Tier
+from tiering.settings import TierembedSettings
 
-__all__ = ["Rule", "RoutingPolicy", "RouteDecision", "decide_route", "wanted_tier"]
+__all__ = ["Rule", "RoutingPolicy", "RouteDecision", "decide_route", "wanted_tier",
+           "policy_from_settings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,18 @@ class RouteDecision:
     reason: str
     wanted_api: bool
     over_budget: bool
+
+
+def policy_from_settings(settings: TierembedSettings) -> RoutingPolicy:
+    """The routing policy described by the settings tree."""
+    r = settings.routing
+    return RoutingPolicy(
+        mode=r.mode,
+        api_threshold=r.api_threshold,
+        rules=tuple(Rule(x.field, x.equals, Tier(x.tier)) for x in r.rules),
+        local_versions=tuple((m.version, m.traffic_weight) for m in settings.local.models),
+        api_versions=tuple((m.version, m.traffic_weight) for m in settings.api.models),
+    )
 
 
 def _version(doc_id: str, tier: Tier, policy: RoutingPolicy) -> str:

@@ -317,6 +317,11 @@ class WeaviateStore:
                   sorted(names), self.config.collection)
         self._collection.config.add_vector(vector_config=[_vector_config(n) for n in sorted(names)])
 
+    def drop_collection(self) -> None:
+        """Delete the collection and every object in it (irreversible)."""
+        self._client.collections.delete(self.config.collection)
+        self._vectors = set()
+
     # -- writes -------------------------------------------------------------------------
 
     def upsert(self, docs: Sequence[EmbeddedDocument]) -> dict[int, str]:

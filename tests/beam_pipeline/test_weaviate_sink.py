@@ -170,7 +170,8 @@ def test_failed_batch_rpc_dead_letters_the_flush_as_retryable(wv: WeaviateDouble
 def test_empty_upsert_sends_nothing(wv: WeaviateDouble) -> None:
     with WeaviateStore(wv_config(wv)) as store:
         assert store.upsert([]) == {}
-        assert store.count("v1") == 0 and store.existing_hashes("v1") == {} and store.search("v1", [1.0], 3) == []
+        assert store.count("v1") == 0 and store.existing_hashes("v1") == {}
+        assert store.search("v1", [1.0], 3) == []
     assert wv.calls["grpc BatchObjects"] == 0 and wv.calls["POST /v1/schema"] == 0
 
 
@@ -216,40 +217,46 @@ def test_server_older_than_1_27_and_wrong_api_key_fail_at_connect(monkeypatch: p
 
 
 def test_sink_config_builds_weaviate_config_from_settings(make_settings: SettingsFactory) -> None:
-    settings = make_settings({"sink": {"kind": "weaviate", "batch_size": 7, "weaviate": {
-        "url": "https://wv.example:8443", "grpc_port": 50052, "collection": "Listings", "api_key": "k"}}})
+    weaviate = {"url": "https://wv.example:8443", "grpc_port": 50052, "collection": "Listings",
+                "api_key": "s3cret-key"}
+    settings = make_settings({"sink": {"kind": "weaviate", "batch_size": 7, "weaviate": weaviate}})
     cfg = sink_config(settings)
     assert isinstance(cfg, WeaviateSinkConfig)
     assert (cfg.url, cfg.grpc_port, cfg.collection, cfg.api_key, cfg.batch_size) == (
-        "https://wv.example:8443", 50052, "Listings", "k", 7)
-    assert cfg.versions == ("minilm-l6-v2", "te3-small") and "k" not in repr(cfg)
+        "https://wv.example:8443", 50052, "Listings", "s3cret-key", 7)
+    assert cfg.versions == ("minilm-l6-v2", "te3-small") and "s3cret" not in repr(cfg)
 
 
 def test_whole_pipeline_writes_to_weaviate_and_reruns_skip_unchanged(
     tmp_path: Path, make_settings: SettingsFactory, fake_api: FakeOpenAIServer, wv: WeaviateDouble
 ) -> None:
+    # Every document goes to the API tier, A/B split over two versions: two named vectors,
+    # and no local model to load (that keeps this test fast).
+    models = [{"version": v, "model": "fake-embed", "price_per_million_tokens": 2.0, "traffic_weight": 0.5}
+              for v in ("fake-a", "fake-b")]
     settings = make_settings({
-        **api_overrides(fake_api, models=[{"version": "fake-v1", "model": "fake-embed",
-                                           "price_per_million_tokens": 2.0}]),
-        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+        **api_overrides(fake_api, models=models),
+        "routing": {"api_threshold": 0.0},
         "sink": {"kind": "weaviate", "weaviate": {"url": wv.url, "grpc_port": wv.grpc_port}},
     })
-    docs = corpus(6)
-    for d in docs[:2]:
-        d["metadata"]["priority"] = "high"
-    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    src = write_jsonl(tmp_path / "docs.jsonl", corpus(12))
     api = ResolvedApi(fake_api.base_url, "test", "fake")
     first = run_pipeline(PipelineSpec(settings, str(src), "r1", None, api))
-    assert first.counters.get("written.fake-v1") == 2 and first.counters.get("written.minilm-l6-v2") == 4
+    written = {k: n for k, n in first.counters.items() if k.startswith("written.")}
+    assert sum(written.values()) == 12 and written.keys() == {"written.fake-a", "written.fake-b"}
 
     hashes = existing_hashes(settings)
-    assert {v: len(h) for v, h in hashes.items()} == {"minilm-l6-v2": 4, "fake-v1": 2}
+    assert {v: len(h) for v, h in hashes.items()} == {
+        "minilm-l6-v2": 0, "fake-a": written["written.fake-a"], "fake-b": written["written.fake-b"]}
     with open_store(settings) as store:
-        assert store.count("fake-v1") == 2 and store.count("minilm-l6-v2") == 4
+        assert store.count("fake-a") + store.count("fake-b") == 12
     objects = wv.objects("Document")
-    assert {o["properties"]["tier"] for o in objects} == {"local", "api"}
-    assert all(len(o["vectors"]) == 1 for o in objects)
+    assert {o["properties"]["tier"] for o in objects} == {"api"} and len(objects) == 12
+    assert {next(iter(o["vectors"])) for o in objects} == {"fake_a", "fake_b"}
+    assert all(o["properties"]["cost_usd"] > 0 for o in objects)
 
+    billed = fake_api.stats().billed_tokens_total
     second = run_pipeline(PipelineSpec(settings, str(src), "r2", None, api, hashes))
-    assert not any(k.startswith("written.") and n for k, n in second.counters.items())
-    assert len(wv.objects("Document")) == 6
+    assert not any(n for k, n in second.counters.items() if k.startswith("written."))
+    assert fake_api.stats().billed_tokens_total == billed  # unchanged documents cost nothing
+    assert len(wv.objects("Document")) == 12

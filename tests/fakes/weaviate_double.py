@@ -521,7 +521,8 @@ class WeaviateDouble:
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._http.daemon_threads = True
         self.http_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="weaviate-double-rest", daemon=True).start()
+        threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="weaviate-double-rest", daemon=True).start()
         opts = [("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
                 ("grpc.max_send_message_length", GRPC_MAX_MESSAGE)]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=opts)
