@@ -128,19 +128,20 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
 
 
 def neighbour_uses(base_url: str, tpm: int, share: float) -> tuple[int, float]:
-    """Use ``share`` of the token bucket with big requests.
+    """Use ``share`` of the token bucket with big requests, then read what is left.
 
-    Returns the tokens its last reply said were left, and when that reply arrived."""
+    The reading is a one-token request sent at the returned moment: the bucket held at most
+    the reported remaining tokens (plus that one) then, so the run's clock starts there."""
     client = openai.OpenAI(base_url=base_url, api_key="neighbour", max_retries=0)
-    remaining, used, target, at = tpm, 0, int(tpm * share), time.monotonic()
+    used, target = 0, int(tpm * share)
     while target - used >= 8000:
         take = min(240_000, target - used)
-        raw = client.embeddings.with_raw_response.create(model=MODEL, input=["w " * 8000] * (take // 8000))
-        at = time.monotonic()
-        used += raw.parse().usage.prompt_tokens
-        remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
+        reply = client.embeddings.create(model=MODEL, input=["w " * 8000] * (take // 8000))
+        used += reply.usage.prompt_tokens
+    at = time.monotonic()
+    raw = client.embeddings.with_raw_response.create(model=MODEL, input=["w"])
     client.close()
-    return remaining, at
+    return int(raw.headers["x-ratelimit-remaining-tokens"]) + 1, at
 
 
 def prepare(base_url: str, args: argparse.Namespace) -> tuple[int, float]:

@@ -53,6 +53,15 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Beam logs an irrelevant GCP warning ("apitools not found") through the root logger
+    # when first imported; import it once here with the root logger quietened.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import apache_beam  # noqa: F401
+    finally:
+        root.setLevel(level)
 
 
 def _fail(exc: BaseException) -> None:

@@ -10,7 +10,7 @@ fused with reciprocal-rank fusion (k=60), which needs no score calibration.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,7 +41,7 @@ class VectorStore(Protocol):
 
     def count(self, version: str) -> int: ...
 
-    def search(self, version: str, vector: Sequence[float], k: int) -> list[SearchHit]: ...
+    def search(self, version: str, vector: list[float], k: int) -> list[SearchHit]: ...
 
 
 @contextmanager

@@ -12,9 +12,10 @@ from typing import Protocol
 import apache_beam as beam
 
 from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig
+from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
 from tiering.documents import EmbeddedDocument
 
-__all__ = ["SinkConfig", "WriteEmbeddings", "LanceDBSinkConfig"]
+__all__ = ["SinkConfig", "WriteEmbeddings", "LanceDBSinkConfig", "WeaviateSinkConfig"]
 
 
 class SinkConfig(Protocol):

@@ -44,6 +44,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -57,7 +58,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
-from tiering.errors import ConfigError, TransientError
+from tiering.errors import ConfigError, TerminalError, TransientError
 from tiering.settings import SinkSettings, sanitize_identifier
 
 __all__ = ["WeaviateSinkConfig", "WeaviateStore", "SearchHit", "object_uuid", "vector_name"]
@@ -350,14 +351,27 @@ class WeaviateStore:
 
     # -- reads --------------------------------------------------------------------------
 
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Map the client's errors on the read paths to ours (writes: see ``is_transient``)."""
+        from weaviate.exceptions import WeaviateBaseError
+
+        try:
+            yield
+        except WeaviateBaseError as exc:
+            error = TransientError if is_transient(exc) else TerminalError
+            raise error(f"{what} in Weaviate collection {self.config.collection!r} at "
+                        f"{self.config.url} failed: {exc}", stage=STAGE) from exc
+
     def count(self, version: str) -> int:
         from weaviate.classes.query import Filter
 
-        if not self._client.collections.exists(self.config.collection):
-            return 0
-        reply = self._collection.aggregate.over_all(
-            total_count=True, filters=Filter.by_property("model_version").equal(version)
-        )
+        with self._reading(f"counting model version {version!r}"):
+            if not self._client.collections.exists(self.config.collection):
+                return 0
+            reply = self._collection.aggregate.over_all(
+                total_count=True, filters=Filter.by_property("model_version").equal(version)
+            )
         return int(reply.total_count or 0)
 
     def existing_hashes(self, version: str) -> dict[str, str]:
@@ -371,15 +385,16 @@ class WeaviateStore:
         properties once and keeps the versions asked for.
         """
         out: dict[str, dict[str, str]] = {v: {} for v in versions}
-        if not self._client.collections.exists(self.config.collection):
-            return out
-        for obj in self._collection.iterator(
-            return_properties=["doc_id", "model_version", "content_hash"], cache_size=1000
-        ):
-            props = obj.properties
-            bucket = out.get(str(props.get("model_version")))
-            if bucket is not None:
-                bucket[str(props["doc_id"])] = str(props.get("content_hash") or "")
+        with self._reading("reading content hashes"):
+            if not self._client.collections.exists(self.config.collection):
+                return out
+            for obj in self._collection.iterator(
+                return_properties=["doc_id", "model_version", "content_hash"], cache_size=1000
+            ):
+                props = obj.properties
+                bucket = out.get(str(props.get("model_version")))
+                if bucket is not None:
+                    bucket[str(props["doc_id"])] = str(props.get("content_hash") or "")
         return out
 
     def search(self, version: str, vector: Sequence[float], k: int) -> list[SearchHit]:
@@ -387,12 +402,13 @@ class WeaviateStore:
         from weaviate.classes.query import MetadataQuery
 
         name = vector_name(version)
-        if name not in (self.vector_names() or set()):
-            return []
-        reply = self._collection.query.near_vector(
-            near_vector=[float(x) for x in vector], target_vector=name, limit=k,
-            return_metadata=MetadataQuery(distance=True), return_properties=_HIT_PROPERTIES,
-        )
+        with self._reading(f"searching model version {version!r}"):
+            if name not in (self.vector_names() or set()):
+                return []
+            reply = self._collection.query.near_vector(
+                near_vector=[float(x) for x in vector], target_vector=name, limit=k,
+                return_metadata=MetadataQuery(distance=True), return_properties=_HIT_PROPERTIES,
+            )
         hits = []
         for obj in reply.objects:
             p = obj.properties
@@ -477,8 +493,8 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
 def _in_global_window(item: object) -> object:
     window = GlobalWindow()
     if isinstance(item, pvalue.TaggedOutput):
-        return pvalue.TaggedOutput(item.tag, WindowedValue(item.value, window.max_timestamp(), [window]))
-    return WindowedValue(item, window.max_timestamp(), [window])
+        return pvalue.TaggedOutput(item.tag, WindowedValue(item.value, window.max_timestamp(), (window,)))
+    return WindowedValue(item, window.max_timestamp(), (window,))
 
 
 def _dead(doc: EmbeddedDocument, error_type: str, reason: str, retryable: bool) -> pvalue.TaggedOutput:

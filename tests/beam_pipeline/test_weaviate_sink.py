@@ -33,7 +33,7 @@ from tests.conftest import SettingsFactory, api_overrides, corpus, write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.weaviate_double import REJECT_MARKER, WeaviateDouble
 from tiering.documents import DeadLetter, Document, EmbeddedDocument, Tier
-from tiering.errors import ConfigError, TransientError
+from tiering.errors import ConfigError, TerminalError, TransientError
 
 OpenStore = Callable[[Any], contextlib.AbstractContextManager[Any]]
 
@@ -173,6 +173,12 @@ def test_empty_upsert_sends_nothing(wv: WeaviateDouble) -> None:
         assert store.count("v1") == 0 and store.existing_hashes("v1") == {}
         assert store.search("v1", [1.0], 3) == []
     assert wv.calls["grpc BatchObjects"] == 0 and wv.calls["POST /v1/schema"] == 0
+
+
+def test_query_errors_are_mapped_to_terminal_errors_naming_the_version(wv: WeaviateDouble) -> None:
+    run_write(wv_config(wv), [emb("a", (1.0, 0.0))])
+    with WeaviateStore(wv_config(wv)) as store, pytest.raises(TerminalError, match="version 'v1'"):
+        store.search("v1", [1.0, 0.0, 0.0], 3)  # wrong dimension for v1's space
 
 
 def test_setup_creates_collection_with_one_named_vector_per_version(wv: WeaviateDouble) -> None:
