@@ -36,6 +36,7 @@ from apache_beam import pvalue
 
 from beam_pipeline.api_embedder import ApiEmbedder, ApiEmbedderConfig, ApiInput, CallFailure, EmbedOutcome
 from beam_pipeline.records import doc_payload, make_embedded
+from beam_pipeline.telemetry import ModelSeries, Telemetry, TelemetryContext, get_telemetry
 from beam_pipeline.validate import DEAD_LETTERS
 from tiering.ab import assign_version
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
@@ -61,6 +62,7 @@ class ApiBranch:
     price: Price
     on_breaker_open: str  # "local" | "dead_letter"
     local_versions: tuple[tuple[str, float], ...]
+    telemetry: TelemetryContext | None = None  # cost, tokens, requests ... (beam_pipeline.telemetry)
 
     def __post_init__(self) -> None:
         if self.on_breaker_open not in ("local", "dead_letter"):
@@ -77,9 +79,12 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, branch: ApiBranch) -> None:
         self._branch = branch
         self._embedder: ApiEmbedder | None = None
+        self._telemetry: Telemetry | None = None
 
     def setup(self) -> None:
         self._embedder = ApiEmbedder(self._branch.config)
+        if self._branch.telemetry is not None:
+            self._telemetry = get_telemetry(self._branch.telemetry)
 
     def teardown(self) -> None:
         if self._embedder is not None:
@@ -136,7 +141,7 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         local_version = assign_version(routed.id, self._branch.local_versions, salt="ab-local")
         _counter(f"fell_back.api.{self._branch.version}").inc()
         return pvalue.TaggedOutput(FALLBACK, replace(
-            routed, tier=Tier.LOCAL, model_version=local_version,
+            routed, tier=Tier.LOCAL, model_version=local_version, fell_back=True,
             reason=routed.reason + f"; API {self._branch.version}: {why} -> local {local_version}",
         ))
 
@@ -172,6 +177,12 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         dist = beam.metrics.Metrics.distribution("tierembed", f"api_latency_ms.{version}")
         for latency in stats.latencies_s:
             dist.update(int(latency * 1000))
+        if self._telemetry is not None and self._embedder is not None:
+            cfg = self._branch.config
+            self._telemetry.record_api_stats(
+                ModelSeries("api", version, cfg.provider, cfg.model), stats,
+                cost_usd=float(stats.billed_tokens * self._branch.price.per_token),
+                breaker_state=int(self._embedder.breaker_state))
 
 
 def default_batch_tokens(config: ApiEmbedderConfig) -> int:

@@ -172,7 +172,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     for model in s.api.models:
         tag = branch_tag(Tier.API, model.version)
         out = routed[tag] | f"EmbedApi[{model.version}]" >> EmbedApi(
-            _api_branch(spec, model, prices[model.version])
+            replace(_api_branch(spec, model, prices[model.version]), telemetry=telemetry)
         )
         embedded.append(out["embedded"])
         fallbacks.append(out[FALLBACK])

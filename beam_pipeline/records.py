@@ -28,7 +28,7 @@ def make_embedded(
     *,
     billed_tokens: float = 0.0,
     cost_usd: float = 0.0,
-    fell_back: bool = False,
+    fell_back: bool | None = None,
 ) -> EmbeddedDocument:
     return EmbeddedDocument(
         document=routed.scored.document,
@@ -42,5 +42,5 @@ def make_embedded(
         cost_usd=cost_usd,
         score=routed.scored.score,
         route_reason=routed.reason,
-        fell_back=fell_back,
+        fell_back=routed.fell_back if fell_back is None else fell_back,
     )

@@ -9,12 +9,14 @@ injected 5xx and a fixed reply latency, then embeds the same synthetic corpus wi
   SDK's default retries (``max_retries=2``), fixed batches of 20 inputs, a requests-per-
   minute limiter and no token limiter, one request at a time per worker, 4 workers (as
   many as ours keeps requests in flight);
-* optionally **pipeline**: ``EmbedApi`` inside a Beam ``TestPipeline`` on the DirectRunner
-  (``--pipeline-docs N``), to show what Beam's batching does to the same backend.
+* **pipeline**: ``EmbedApi`` inside a Beam ``TestPipeline`` on the DirectRunner over the
+  first ``--pipeline-docs`` inputs (0 skips it), to show what Beam's batching does to the
+  same backend.
 
 Before each run the server is reset and a "neighbour" uses most of the token bucket (the
-provider is already partly used when we start), and the tokens it left are read from the
-``x-ratelimit-remaining-tokens`` header. Reported per client:
+provider is already partly used when we start); a one-token request then reads the tokens
+left from ``x-ratelimit-remaining-tokens``, and the run's clock starts when it is sent.
+Reported per client:
 
 * ``tpm_ratio``: sustained billed tokens per minute over the TPM limit, with the tokens
   that were already in the bucket at the start taken out:
@@ -22,11 +24,12 @@ provider is already partly used when we start), and the tokens it left are read 
 * ``raw_ratio``: ``billed / minutes / TPM`` without that correction;
 * ``429_share``: 429 replies over all replies; ``lost``: inputs without a vector at the end.
 
-Run from the repository root (about 2.5 minutes on 2 cores)::
+Run from the repository root (about 2 minutes on 2 cores)::
 
     .venv/bin/python -m benchmarks.bench_api_tier
 
-``--docs``, ``--tpm``, ``--rpm``, ``--error-rate``, ``--latency-s`` change the setup.
+``--docs``, ``--tpm``, ``--rpm``, ``--error-rate``, ``--latency-s``, ``--naive-workers``
+change the setup; results and their reading are in ``benchmarks/README_api.md``.
 """
 
 from __future__ import annotations

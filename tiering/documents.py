@@ -73,6 +73,7 @@ class RoutedDocument:
     tier: Tier
     model_version: str
     reason: str
+    fell_back: bool = False  # re-targeted to the local tier by the API tier (breaker, budget)
 
     @property
     def id(self) -> str:

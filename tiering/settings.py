@@ -204,8 +204,12 @@ class ApiTierSettings(_Section):
     models: tuple[ApiModelSettings, ...] = Field(
         default_factory=lambda: (ApiModelSettings(),), min_length=1
     )
-    requests_per_minute: int = Field(3000, ge=1, description="RPM limit (this worker's share).")
-    tokens_per_minute: int = Field(1_000_000, ge=1, description="TPM limit (this worker's share).")
+    requests_per_minute: int = Field(
+        3000, ge=1, description="The provider's RPM limit for this endpoint and model (see worker_share)."
+    )
+    tokens_per_minute: int = Field(
+        1_000_000, ge=1, description="The provider's TPM limit for this endpoint and model (see worker_share)."
+    )
     max_in_flight: int = Field(4, ge=1, le=256, description="Concurrent requests per worker.")
     worker_share: float = Field(
         1.0,

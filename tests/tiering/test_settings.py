@@ -68,3 +68,32 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
     s = load_settings(example)
     assert s.input.max_text_chars > 0
+
+
+def _missing_fields(model: type, data: object, path: str) -> list[str]:
+    from pydantic import BaseModel
+
+    missing: list[str] = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        where = f"{path}{name}"
+        if not isinstance(data, dict) or name not in data:
+            if name != "api_key" and not (isinstance(info.default, type(None)) and name.endswith("secret")):
+                missing.append(where)
+            continue
+        ann = info.annotation
+        inner = getattr(ann, "__args__", (ann,))[0]
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            value = data[name]
+            first = value[0] if isinstance(value, list) and value else value
+            missing += _missing_fields(inner, first, where + ".")
+    return missing
+
+
+def test_example_config_lists_every_field() -> None:
+    import yaml
+
+    from tiering.settings import TierembedSettings
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
+    data = yaml.safe_load(example.read_text())
+    assert _missing_fields(TierembedSettings, data, "") == []
