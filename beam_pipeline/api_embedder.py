@@ -320,6 +320,10 @@ class ApiEmbedder:
             if not failure.retryable:
                 await self._on_terminal(inputs, job, failure, outcome)
                 return
+            if failure.status == "timeout" and len(job.idxs) > 1:
+                # A request too large to be answered in time would time out again: halve it.
+                await self._split(inputs, job, outcome)
+                return
             delay = self._next_delay(job, failure)
             if delay is None:
                 self._fail(job, failure, outcome)
@@ -530,14 +534,17 @@ class ApiEmbedder:
     ) -> None:
         if len(job.idxs) > 1 and failure.about_input:
             # Find the offending input(s) instead of dead-lettering the whole request.
-            self._release(job)
-            mid = len(job.idxs) // 2
-            await asyncio.gather(
-                self._run_request(inputs, job.idxs[:mid], outcome),
-                self._run_request(inputs, job.idxs[mid:], outcome),
-            )
+            await self._split(inputs, job, outcome)
             return
         self._fail(job, failure, outcome)
+
+    async def _split(self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome) -> None:
+        self._release(job)
+        mid = len(job.idxs) // 2
+        await asyncio.gather(
+            self._run_request(inputs, job.idxs[:mid], outcome),
+            self._run_request(inputs, job.idxs[mid:], outcome),
+        )
 
     @staticmethod
     def _fail(job: _Job, failure: CallFailure, outcome: EmbedOutcome) -> None:

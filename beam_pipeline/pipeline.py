@@ -30,7 +30,7 @@ from beam_pipeline.read import ReadDocuments
 from beam_pipeline.route import RouteByTier, branch_tag
 from beam_pipeline.score import ScoreDocuments
 from beam_pipeline.sinks import LanceDBSinkConfig, SinkConfig, WriteEmbeddings
-from beam_pipeline.telemetry import RecordOutcomes, telemetry_context
+from beam_pipeline.telemetry import RecordDeadLetters, telemetry_context
 from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
 from tiering.backoff import BackoffPolicy
 from tiering.documents import Tier
@@ -64,7 +64,8 @@ class ResolvedApi:
     provider: str
     document_input_type: str | None = None
     query_input_type: str | None = None
-    max_tokens_per_input: int | None = None  # a cap tighter than the model's, for stand-ins
+    max_tokens_per_input: int | None = None  # caps tighter than the model's, for stand-ins
+    max_tokens_per_request: int | None = None
 
     def __repr__(self) -> str:
         return f"ResolvedApi(base_url={self.base_url!r}, provider={self.provider!r}, api_key=***)"
@@ -129,9 +130,13 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
         api_key=spec.api.api_key,
         model=model.model,
         provider=spec.api.provider,
-        limits=RequestLimits(model.max_inputs_per_request, model.max_tokens_per_request,
-                             min(model.max_tokens_per_input,
-                                 spec.api.max_tokens_per_input or model.max_tokens_per_input)),
+        limits=RequestLimits(
+            model.max_inputs_per_request,
+            min(model.max_tokens_per_request,
+                spec.api.max_tokens_per_request or model.max_tokens_per_request),
+            min(model.max_tokens_per_input,
+                spec.api.max_tokens_per_input or model.max_tokens_per_input),
+        ),
         requests_per_minute=max(1, int(api.requests_per_minute * share / same_model)),
         tokens_per_minute=max(1, int(api.tokens_per_minute * share / same_model)),
         max_in_flight=api.max_in_flight,
@@ -178,7 +183,6 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
         fallbacks.append(out[FALLBACK])
         dead.append(out[DEAD_LETTERS])
     fallback = tuple(fallbacks) | "FlattenFallback" >> beam.Flatten()
-    fallback | "RecordFallback" >> RecordOutcomes(telemetry, "fell_back")
     for m in s.local.models:
         mine = fallback | f"Fallback[{m.version}]" >> beam.Filter(
             lambda r, v=m.version: r.model_version == v
@@ -202,7 +206,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     dead.append(written["dead_letters"])
     letters = tuple(dead) | "FlattenDeadLetters" >> beam.Flatten()
     letters | "WriteDeadLetters" >> WriteDeadLetters(s.dead_letters.dir, spec.run_id)
-    letters | "RecordDeadLetters" >> RecordOutcomes(telemetry, "dead_lettered")
+    letters | "RecordDeadLetters" >> RecordDeadLetters(telemetry)
 
 
 def pipeline_options(settings: TierembedSettings) -> PipelineOptions:

@@ -46,10 +46,11 @@ The GenAI histograms carry ``gen_ai.operation.name=embeddings``, ``gen_ai.provid
 and ``gen_ai.request.model`` and use the conventions' recommended bucket boundaries.
 
 ``kind`` is ``estimated`` (our token estimate of the documents embedded) or ``billed`` (the
-provider's ``usage``, the figure cost is computed from). ``outcome`` is ``embedded``
-(written to the store), ``skipped`` (unchanged), ``dead_lettered`` or ``fell_back`` (wanted
-the API tier, re-targeted to the local tier; counted as ``embedded`` by the local tier once
-written). Documents without a tier (validation dead letters, skipped) carry ``tier="none"``.
+provider's ``usage``, the figure cost is computed from). ``outcome``, one per (document,
+model version) target, is ``embedded`` (written to the store by that tier), ``fell_back``
+(re-targeted from the API tier to the local tier by the breaker or the run's spend cap,
+then written by the local tier), ``dead_lettered``, or ``skipped`` (unchanged, counted by the
+flow). Validation dead letters and skipped documents carry ``tier="none"``.
 
 Every series of the run's model versions is seeded at zero and exported before the first
 document is counted, so ``increase()`` in Prometheus sees the first spend.
@@ -73,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 
 from beam_pipeline.progress import ProgressRecorder, progress_recorder, run_progress_dir
-from tiering.documents import DeadLetter, EmbeddedDocument, RoutedDocument
+from tiering.documents import DeadLetter, EmbeddedDocument
 from tiering.settings import TelemetrySettings, TierembedSettings
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ __all__ = [
     "current_telemetry",
     "shutdown_telemetry",
     "SinkTelemetry",
-    "RecordOutcomes",
+    "RecordDeadLetters",
 ]
 
 _log = logging.getLogger(__name__)
@@ -405,19 +406,20 @@ class Telemetry:
         with self._lock:
             self._api_series.add(m)
 
-    def record_written(self, docs: Iterable[EmbeddedDocument]) -> int:
-        """Documents a sink wrote: ``embedded`` and their estimated tokens, per tier/version."""
-        counts: Counter[tuple[str, str]] = Counter()
+    def record_written(self, docs: Iterable[EmbeddedDocument]) -> Counter[tuple[str, str, str]]:
+        """Documents a sink wrote, as ``embedded`` or ``fell_back`` (re-targeted to the local
+        tier by the API tier), with their estimated tokens; returns the counts by
+        (outcome, tier, version)."""
+        counts: Counter[tuple[str, str, str]] = Counter()
         tokens: Counter[tuple[str, str]] = Counter()
         for d in docs:
-            key = (d.tier.value, d.model_version)
-            counts[key] += 1
-            tokens[key] += d.est_tokens
-        for (tier, version), n in counts.items():
-            self.record_outcome("embedded", tier, version, n)
-            self.instruments.tokens.add(tokens[(tier, version)],
-                                        {"tier": tier, "model_version": version, "kind": "estimated"})
-        return sum(counts.values())
+            counts[(_written_outcome(d), d.tier.value, d.model_version)] += 1
+            tokens[(d.tier.value, d.model_version)] += d.est_tokens
+        for (outcome, tier, version), n in counts.items():
+            self.record_outcome(outcome, tier, version, n)
+        for (tier, version), n in tokens.items():
+            self.instruments.tokens.add(n, {"tier": tier, "model_version": version, "kind": "estimated"})
+        return counts
 
     def record_outcome(self, outcome: str, tier: str, version: str, n: int = 1) -> None:
         if outcome not in OUTCOMES:
@@ -543,9 +545,14 @@ def _flush_before_exit() -> None:
 # ------------------------------------------------------------------- Beam side
 
 
+def _written_outcome(doc: EmbeddedDocument) -> str:
+    return "fell_back" if doc.fell_back else "embedded"
+
+
 class SinkTelemetry:
-    """What a sink DoFn records after a successful write: documents ``embedded`` and their
-    estimated tokens per tier/version, plus run progress. A no-op without a context."""
+    """What a sink DoFn records after a successful write: documents ``embedded`` (or
+    ``fell_back``) and their estimated tokens per tier/version, plus run progress, and the
+    Beam metrics ``documents.<outcome>.<tier>`` that mirror them. A no-op without a context."""
 
     def __init__(self, ctx: TelemetryContext | None) -> None:
         self._ctx = ctx
@@ -560,11 +567,11 @@ class SinkTelemetry:
     def written(self, docs: Sequence[EmbeddedDocument]) -> None:
         if self._tel is None or self._progress is None:
             return
-        self._tel.record_written(docs)
-        for tier in {d.tier.value for d in docs}:
-            n = sum(1 for d in docs if d.tier.value == tier)
-            beam.metrics.Metrics.counter("tierembed", f"documents.embedded.{tier}").inc(n)
-        self._progress.add(written=len(docs))
+        counts = self._tel.record_written(docs)
+        for (outcome, tier, _), n in counts.items():
+            beam.metrics.Metrics.counter("tierembed", f"documents.{outcome}.{tier}").inc(n)
+        fell_back = sum(n for (outcome, _, _), n in counts.items() if outcome == "fell_back")
+        self._progress.add(written=len(docs), fell_back=fell_back)
 
     def teardown(self) -> None:
         if self._progress is not None:
@@ -573,18 +580,9 @@ class SinkTelemetry:
             self._tel.flush()
 
 
-def _labels(element: object) -> tuple[str, str]:
-    if isinstance(element, DeadLetter):
-        return element.tier or NO_TIER, element.model_version or NO_TIER
-    if isinstance(element, RoutedDocument):
-        return element.tier.value, element.model_version
-    raise TypeError(f"cannot label a {type(element).__name__} with a tier and model version")
-
-
-class _RecordOutcomeFn(beam.DoFn):  # type: ignore[misc]
-    def __init__(self, ctx: TelemetryContext, outcome: str) -> None:
+class _RecordDeadLetterFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, ctx: TelemetryContext) -> None:
         self._ctx = ctx
-        self._outcome = outcome
         self._tel: Telemetry | None = None
         self._progress: ProgressRecorder | None = None
 
@@ -592,12 +590,12 @@ class _RecordOutcomeFn(beam.DoFn):  # type: ignore[misc]
         self._tel = get_telemetry(self._ctx)
         self._progress = progress_recorder(self._ctx.progress_dir)
 
-    def process(self, element: DeadLetter | RoutedDocument) -> Iterable[None]:
+    def process(self, letter: DeadLetter) -> Iterable[None]:
         assert self._tel is not None and self._progress is not None
-        tier, version = _labels(element)
-        self._tel.record_outcome(self._outcome, tier, version)
-        beam.metrics.Metrics.counter("tierembed", f"documents.{self._outcome}.{tier}").inc()
-        self._progress.add(**{self._outcome: 1})
+        tier = letter.tier or NO_TIER
+        self._tel.record_outcome("dead_lettered", tier, letter.model_version or NO_TIER)
+        beam.metrics.Metrics.counter("tierembed", f"documents.dead_lettered.{tier}").inc()
+        self._progress.add(dead_lettered=1)
         return ()
 
     def teardown(self) -> None:
@@ -605,16 +603,14 @@ class _RecordOutcomeFn(beam.DoFn):  # type: ignore[misc]
             self._progress.close()
 
 
-class RecordOutcomes(beam.PTransform):  # type: ignore[misc]
-    """Count each element (dead letters, or documents that fell back) as ``outcome`` in
-    ``tierembed.documents`` and in Beam metrics ``documents.<outcome>.<tier>``. A leaf."""
+class RecordDeadLetters(beam.PTransform):  # type: ignore[misc]
+    """Count every dead letter of the run as ``outcome=dead_lettered`` in
+    ``tierembed.documents`` (validation rejects with ``tier="none"``), in the Beam metric
+    ``documents.dead_lettered.<tier>`` and in the run progress. A leaf: outputs nothing."""
 
-    def __init__(self, ctx: TelemetryContext, outcome: str) -> None:
+    def __init__(self, ctx: TelemetryContext) -> None:
         super().__init__()
-        if outcome not in ("dead_lettered", "fell_back"):
-            raise ValueError(f"RecordOutcomes counts dead_lettered or fell_back, not {outcome!r}")
         self.ctx = ctx
-        self.outcome = outcome
 
-    def expand(self, pcoll: beam.PCollection[Any]) -> beam.PCollection[None]:
-        return pcoll | "Record" >> beam.ParDo(_RecordOutcomeFn(self.ctx, self.outcome))
+    def expand(self, letters: beam.PCollection[DeadLetter]) -> beam.PCollection[None]:
+        return letters | "Record" >> beam.ParDo(_RecordDeadLetterFn(self.ctx))

@@ -140,7 +140,8 @@ def resolve_endpoint(api: ApiTierSettings) -> Iterator[ResolvedApi]:
     try:
         yield ResolvedApi(base_url, "not-needed", "local-server",
                           api.document_input_type, api.query_input_type or "query",
-                          api.local_server_max_tokens_per_input)
+                          api.local_server_max_tokens_per_input,
+                          api.local_server_max_tokens_per_request)
     finally:
         server.stop()
 

@@ -41,9 +41,9 @@ def report_rows(report: RunReport) -> list[dict[str, object]]:
 
 def _plan_line(report: RunReport) -> str:
     wanted, planned = report.api_documents_wanted, report.api_documents_planned
-    budget = "no budget limit" if report.budget_usd is None else f"a {_usd(report.budget_usd)} budget"
+    budget = "no budget limit" if report.budget_usd is None else f"budget {_usd(report.budget_usd)}"
     return (f"  plan: {wanted} documents wanted the paid tier; {planned} admitted "
-            f"(estimated {_usd(report.est_cost_usd)} of {budget}), "
+            f"(estimated {_usd(report.est_cost_usd)}; {budget}), "
             f"{report.over_budget} moved to the local tier by the budget")
 
 

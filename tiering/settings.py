@@ -231,6 +231,12 @@ class ApiTierSettings(_Section):
         description="Command for the local stand-in server (endpoint 'local-server' or 'auto' "
         "without a key); '--host' and '--port' are appended.",
     )
+    local_server_max_tokens_per_request: int = Field(
+        4096,
+        ge=8,
+        description="Per-request cap (estimated tokens) for the stand-in: it embeds on this "
+        "machine's CPU, so a large request would outlast timeout_s.",
+    )
     local_server_max_tokens_per_input: int = Field(
         380,
         ge=8,

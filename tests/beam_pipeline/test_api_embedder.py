@@ -330,3 +330,16 @@ def test_spend_cap_keeps_requests_that_would_pass_it_from_being_sent(server: Fak
     assert billed == 70 and len(outcome.vectors) == 7
     assert outcome.over_budget == set(range(20)) - set(outcome.vectors)
     assert outcome.stats.over_budget_inputs == 13
+
+
+def test_request_too_slow_to_answer_is_halved_until_it_fits(server: FakeOpenAIServer) -> None:
+    # The server needs 40 ms per input; the client waits 0.5 s: 32 inputs cannot finish,
+    # 8 can. Retrying the same 32-input request would time out forever.
+    server.configure(latency_per_input_s=0.04)
+    items = inputs_of(texts(32))
+    outcome = run(make_config(server, timeout_s=0.5, breaker_failure_threshold=50), items)
+    assert outcome.failures == {} and not outcome.short_circuited
+    assert sorted(outcome.vectors) == list(range(32))
+    assert outcome.stats.requests_by_status["timeout"] >= 1
+    assert server.stats().max_inputs_seen == 32
+    assert sum(outcome.billed_tokens.values()) == server.stats().billed_tokens_total

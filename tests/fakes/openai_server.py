@@ -179,6 +179,8 @@ class FakeServerConfig:
     """``retry-after`` sent with an injected (``fail_next``) 429."""
     latency_s: float = 0.0
     """Delay added before every embeddings reply."""
+    latency_per_input_s: float = 0.0
+    """Further delay per input of the request (a server whose work grows with the request)."""
     timeout_rate: float = 0.0
     """Fraction of requests that hang ``hang_s`` and then drop the connection unanswered."""
     hang_s: float = 30.0
@@ -205,7 +207,7 @@ class FakeServerConfig:
                 name,
                 "must be None or >= 1",
             )
-        for name in ("latency_s", "hang_s", "fault_retry_after_s"):
+        for name in ("latency_s", "latency_per_input_s", "hang_s", "fault_retry_after_s"):
             _check(getattr(self, name) >= 0.0, name, "must not be negative")
         _check(bool(self.error_statuses), "error_statuses", "must name at least one status")
         for name in ("error_statuses", "fail_next"):
@@ -774,7 +776,8 @@ class _FakeOpenAIApp:
             self._stats.saw(parsed if isinstance(parsed, _EmbeddingRequest) else None)
             config = self._config
             rolls = self._roll(config)
-        self._pause(config.latency_s)
+        n_inputs = len(parsed.inputs) if isinstance(parsed, _EmbeddingRequest) else 0
+        self._pause(config.latency_s + config.latency_per_input_s * n_inputs)
         if rolls.fault_kind == "timeout":
             self._pause(config.hang_s)
             return _Reply(0, drop=True)
@@ -1101,6 +1104,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add("--fault-retry-after-s", type=float, default=0.1)
     add("--latency-s", type=float, default=0.0)
+    add("--latency-per-input-s", type=float, default=0.0)
     add("--timeout-rate", type=float, default=0.0)
     add("--hang-s", type=float, default=30.0)
     add("--malformed-rate", type=float, default=0.0)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from flows.cli import app
-from flows.cli_router import Query, derive_gain_labels, parse_target, read_queries, sample_documents
 from flows.ledger import SpendLedger
+from flows.router_data import read_queries
 from tests.conftest import write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer
 from tiering.classifier import ValueClassifier, in_holdout, load_default
@@ -106,65 +104,7 @@ def test_bad_labels_fail_with_the_record_and_the_fix(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "need at least" in result.output
 
 
-@pytest.mark.parametrize(
-    ("value", "positive", "target"),
-    [(1, None, 1.0), ("0", None, 0.0), (True, None, 1.0), ("High", None, 1.0), ("low", None, 0.0),
-     ("0.25", None, 0.25), (0.7, None, 0.7), ("premium", "premium", 1.0), ("standard", "premium", 0.0)],
-)
-def test_parse_target(value: object, positive: str | None, target: float) -> None:
-    assert parse_target(value, positive) == target
-
-
-@pytest.mark.parametrize("value", [None, "maybe", 1.5, -0.1, float("nan")])
-def test_parse_target_rejects(value: object) -> None:
-    with pytest.raises(ValueError):
-        parse_target(value)
-
-
-# -------------------------------------------------------------------- gain labels
-
-
-class KeywordEmbedder:
-    """A bag-of-words embedder that only sees the words it knows (a weaker model)."""
-
-    def __init__(self, vocabulary: Sequence[str]) -> None:
-        self.vocabulary = list(vocabulary)
-
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        rows = np.array([[t.split().count(w) for w in self.vocabulary] + [1e-3] for t in texts], np.float32)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-    embed_documents = _embed
-    embed_queries = _embed
-
-
-def test_gain_labels_mark_documents_the_premium_tier_ranks_better() -> None:
-    # Documents "a*" are found by their word under both tiers; "b*" only under the premium
-    # tier, whose vocabulary also knows the b-words.
-    a_words, b_words = [f"alpha{i}" for i in range(5)], [f"beta{i}" for i in range(5)]
-    docs = [Document(f"a{i}", f"{w} common", "t") for i, w in enumerate(a_words)]
-    docs += [Document(f"b{i}", f"{w} common", "t") for i, w in enumerate(b_words)]
-    queries = [Query(f"q{d.id}", d.text.split()[0], ((d.id, 1.0),)) for d in docs]
-    local = KeywordEmbedder(a_words)
-    api = KeywordEmbedder(a_words + b_words)
-    labels = {x.doc_id: x for x in derive_gain_labels(docs, queries, local, api)}
-    assert {k: v.target for k, v in labels.items()} == {**{f"a{i}": 0.0 for i in range(5)},
-                                                        **{f"b{i}": 1.0 for i in range(5)}}
-    assert labels["b0"].mean_rank_api == 1 and labels["b0"].mean_rank_local > 1
-    assert labels["b0"].mean_gain > 0 and labels["a0"].mean_gain == 0
-
-
-def test_gain_target_is_the_grade_weighted_share_of_wins() -> None:
-    docs = [Document("x", "alpha", "t"), Document("y", "beta", "t"), Document("z", "gamma", "t")]
-    # Premium finds "x" for q1 (grade 3) but the local tier does better for q2 (grade 1).
-    queries = [Query("q1", "beta", (("y", 3.0),)), Query("q2", "gamma", (("z", 1.0),))]
-    local = KeywordEmbedder(["gamma"])
-    api = KeywordEmbedder(["beta"])
-    labels = {x.doc_id: x.target for x in derive_gain_labels(docs, queries, local, api)}
-    assert labels == {"y": 1.0, "z": 0.0}
-    both = [Query("q", "beta", (("y", 3.0),)), Query("r", "beta gamma", (("y", 1.0),))]
-    (label,) = derive_gain_labels(docs, both, local, api)
-    assert label.queries == 2 and 0.0 <= label.target <= 1.0
+# ------------------------------------------------------- query sets and gain labels
 
 
 def test_read_queries_accepts_lists_graded_maps_and_single_query_files(tmp_path: Path) -> None:
@@ -181,15 +121,6 @@ def test_read_queries_accepts_lists_graded_maps_and_single_query_files(tmp_path:
                                   "irrelevant": ["c"]}))
     (q,) = read_queries(single)
     assert q.text == "3 bedroom house" and q.judgements == (("a", 2.0), ("b", 1.0))
-
-
-def test_sample_keeps_judged_documents_and_fills_stably() -> None:
-    docs = [Document(f"d{i}", "t", "s") for i in range(50)]
-    queries = [Query("q", "t", (("d40", 1.0), ("d41", 1.0)))]
-    sample = sample_documents(docs, queries, 10)
-    assert [d.id for d in sample[:2]] == ["d40", "d41"] and len(sample) == 10
-    again = sample_documents(list(reversed(docs)), queries, 10)
-    assert again[2:] == sample[2:]  # the fill does not depend on the input order
 
 
 GREEK = ["θάλασσα", "βουνό", "πάρκο", "ακρόπολη", "λιμάνι", "πλατεία", "ποτάμι", "δάσος", "νησί",
@@ -258,6 +189,45 @@ def test_train_from_queries_refuses_to_spend_over_max_cost(
     assert result.exit_code == 2 and "--max-cost" in result.output
     assert fake_api.stats().requests_total == 0
     assert SpendLedger(tmp_path / "ledger.sqlite").month_spend().committed_usd == 0
+
+
+def _failing_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_api: FakeOpenAIServer,
+                 query_text: str) -> Result:
+    _env(monkeypatch, tmp_path)
+    monkeypatch.setenv("TIEREMBED_API__ENDPOINT", "custom")
+    monkeypatch.setenv("TIEREMBED_API__BASE_URL", fake_api.base_url)
+    records = _listings()[:6]
+    src = write_jsonl(tmp_path / "docs.jsonl", records)
+    qpath = tmp_path / "queries.json"
+    query = {"id": "q", "text": query_text, "relevant": [records[0]["id"]]}
+    qpath.write_text(json.dumps({"queries": [query]}))
+    return runner.invoke(app, ["router", "train", str(src), "--from-queries", str(qpath),
+                               "--out", str(tmp_path / "m.json")])
+
+
+def test_train_from_queries_records_what_was_billed_before_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_api: FakeOpenAIServer
+) -> None:
+    # The documents are embedded and billed; the query request is then rejected.
+    result = _failing_run(tmp_path, monkeypatch, fake_api, "house __POISON__")
+    assert result.exit_code != 0 and not (tmp_path / "m.json").exists()
+    billed = fake_api.stats().billed_tokens_total
+    assert billed > 0
+    ledger = SpendLedger(tmp_path / "ledger.sqlite")
+    (run,) = ledger.runs()
+    assert run.status == "succeeded" and run.reserved_usd == 0
+    assert ledger.month_spend().by_model[0].billed_tokens == billed
+
+
+def test_train_from_queries_keeps_the_reservation_when_an_unanswered_request_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_api: FakeOpenAIServer
+) -> None:
+    fake_api.configure(fail_next=(400,))
+    result = _failing_run(tmp_path, monkeypatch, fake_api, "house")
+    assert result.exit_code != 0
+    assert fake_api.stats().billed_tokens_total == 0
+    (run,) = SpendLedger(tmp_path / "ledger.sqlite").runs()
+    assert run.status == "failed" and "BadRequestError" in run.error and run.reserved_usd > 0
 
 
 # ------------------------------------------------------------------------ explain

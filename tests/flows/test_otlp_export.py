@@ -116,19 +116,31 @@ def test_otlp_export_of_a_run_matches_its_billed_cost(
 def test_documents_that_fall_back_are_counted_and_the_breaker_gauge_resets(
     make_settings: SettingsFactory, fake_api: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    fake_api.configure(dead=True)  # every request 503: the breaker opens, documents fall back
+    fake_api.configure(dead=True)  # every request 503
+    # One 4-token document per batch (max 5 tokens a request): the first request fails and
+    # opens the breaker (threshold 1, no retries), so the later batches fall back to local.
+    texts = ["alpha beta gamma delta", "north south east west", "red green blue black"]
+    docs = [{"id": f"api-{i}", "text": t, "metadata": {"priority": "high"}} for i, t in enumerate(texts)]
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
     with OtlpReceiver() as rx:
-        settings = _settings(
-            make_settings, fake_api, {"exporter": "otlp", "otlp_endpoint": rx.url, "export_interval_s": 3600},
-            retry={"max_attempts": 1}, breaker={"failure_threshold": 1, "reset_after_s": 60})
-        report = run_embedding(settings, str(_source(tmp_path, n_api=2)), emit=lambda **_: None)
+        settings = make_settings({
+            **api_overrides(fake_api, models=[{"version": "fake-v1", "model": "fake-embed",
+                                               "price_per_million_tokens": PRICE,
+                                               "max_tokens_per_request": 5}],
+                            tokens_per_minute=10, retry={"max_attempts": 1},
+                            breaker={"failure_threshold": 1, "reset_after_s": 60}),
+            "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}]},
+            "telemetry": {"exporter": "otlp", "otlp_endpoint": rx.url, "export_interval_s": 3600},
+        })
+        report = run_embedding(settings, str(src), emit=lambda **_: None)
         shutdown_telemetry()
     assert report.cost_usd == 0
-    fell_back = rx.latest("tierembed.documents", tier="local", outcome="fell_back")
-    assert fell_back.value == 2
-    assert rx.latest("tierembed.api.requests", status="503").value >= 1
+    assert rx.latest("tierembed.documents", tier="api", outcome="dead_lettered").value == 1
+    assert rx.latest("tierembed.documents", tier="local", outcome="fell_back").value == 2
+    assert rx.latest("tierembed.documents", tier="local", outcome="embedded").value == 0  # exclusive
+    assert rx.latest("tierembed.api.requests", status="503").value == 1
     states = [p.value for p in rx.points("tierembed.api.breaker.state")]
-    assert states[-1] == 0  # back to 0 once the run is over, so no stale 'open' alert
+    assert 2 in states and states[-1] == 0  # open during the run, back to 0 once it is over
 
 
 # ------------------------------------------------------------------ progress artifact

@@ -123,6 +123,16 @@ def _prometheus_config(pushgateway: str, alertmanager: str, path: Path) -> Path:
     return path
 
 
+def _wait_until_scraping(stack: AlertingStack, timeout_s: float = 15.0) -> None:
+    """Prometheus has scraped Pushgateway once: from now on no pushed value goes unseen for
+    longer than a scrape interval."""
+    deadline = time.monotonic() + timeout_s
+    while not stack.query('up{job="pushgateway"} == 1'):
+        if time.monotonic() > deadline:
+            raise RuntimeError("Prometheus did not scrape Pushgateway within 15s")
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def alerting_stack(tmp_path: Path) -> Iterator[AlertingStack]:
     missing = [b for b in BINARIES.values() if shutil.which(b) is None]
@@ -148,7 +158,9 @@ def alerting_stack(tmp_path: Path) -> Iterator[AlertingStack]:
                 f"--config.file={_prometheus_config(pg, am, work / 'prometheus.yml')}",
                 f"--storage.tsdb.path={work / 'prom-data'}", f"--web.listen-address={prom}",
             ], f"http://{prom}", work))
-            yield AlertingStack(f"http://{pg}", f"http://{prom}", f"http://{am}", webhook)
+            stack = AlertingStack(f"http://{pg}", f"http://{prom}", f"http://{am}", webhook)
+            _wait_until_scraping(stack)
+            yield stack
         finally:
             shutdown_telemetry()  # the run's last push, while Pushgateway still listens
             for server in reversed(servers):
@@ -173,7 +185,9 @@ def test_run_that_exhausts_a_tiny_monthly_budget_fires_the_alert_at_the_webhook(
         "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
         "budget": {"monthly_usd": MONTHLY_USD},
         "telemetry": {"exporter": "pushgateway", "pushgateway_url": alerting_stack.pushgateway,
-                      "export_interval_s": 1, "progress_dir": str(tmp_path / "progress")},
+                      # Pushes at least one scrape interval apart: the seeded zeros are
+                      # scraped before the first spend replaces them (docs/observability.md).
+                      "export_interval_s": 2, "progress_dir": str(tmp_path / "progress")},
     })
     events: list[dict[str, Any]] = []
     src = write_jsonl(tmp_path / "docs.jsonl", _docs())
