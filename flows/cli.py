@@ -53,6 +53,8 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Beam logs an irrelevant GCP warning ("apitools not found") through the root logger
     # when first imported; import it once here with the root logger quietened.
     root = logging.getLogger()
@@ -160,7 +162,8 @@ def search(
         return
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(hit.text.split())[:140]
-        typer.echo(f"{rank:>2}. {hit.id:<16} fused={hit.fused:.4f}  {hit.versions}\n    {snippet}")
+        where = ", ".join(f"{v} #{r}" for v, r in hit.versions.items())
+        typer.echo(f"{rank:>2}. {hit.id:<16} rrf={hit.fused:.4f}  ({where})\n    {snippet}")
 
 
 @app.command()

@@ -67,7 +67,8 @@ def render_text(report: RunReport) -> str:
         f"run {report.run_id}  source={report.source}  ({report.duration_s:.1f}s)",
         f"  endpoint: {report.endpoint}",
         f"  read {report.records_read} records: {report.documents_valid} valid documents, "
-        f"{dict(report.dead_letters_by_stage).get('validate', 0)} rejected by validation",
+        f"{dict(report.dead_letters_by_stage).get('validate', 0)} rejected by validation; "
+        f"{report.skipped_unchanged} skipped as unchanged",
         _plan_line(report),
         f"  {'tier':<6} {'version':<16} {'docs':>6} {'chunked':>7} {'est tok':>9} "
         f"{'billed tok':>10} {'est cost':>12} {'cost':>12}",

@@ -187,10 +187,14 @@ def test_run_that_exhausts_a_tiny_monthly_budget_fires_the_alert_at_the_webhook(
         "telemetry": {"exporter": "pushgateway", "pushgateway_url": alerting_stack.pushgateway,
                       # Pushes at least one scrape interval apart: the seeded zeros are
                       # scraped before the first spend replaces them (docs/observability.md).
-                      "export_interval_s": 2, "progress_dir": str(tmp_path / "progress")},
+                      "export_interval_s": 3, "progress_dir": str(tmp_path / "progress")},
     })
     events: list[dict[str, Any]] = []
     src = write_jsonl(tmp_path / "docs.jsonl", _docs())
+    # A provider's replies take time; here they also outlast a scrape interval, so Prometheus
+    # sees the seeded zeros before the spend (a run shorter than that pushes everything at
+    # its end; see docs/observability.md).
+    fake_api.configure(latency_s=2.0)
 
     report = run_embedding(make_settings(overrides), str(src), emit=lambda **kw: events.append(kw))
     pushed_at = time.monotonic()  # run_embedding's last act is the final push
@@ -209,8 +213,11 @@ def test_run_that_exhausts_a_tiny_monthly_budget_fires_the_alert_at_the_webhook(
     # The counters took the same path: the seeded zero let increase() see the first spend.
     cost = alerting_stack.query('embedding_cost_USD_total{job="tierembed",tier="api"}')
     assert [float(r["value"][1]) for r in cost] == [MONTHLY_USD]
-    increase = alerting_stack.query('increase(embedding_cost_USD_total{tier="api"}[1m])')
-    assert increase and float(increase[0]["value"][1]) > 0
+    samples = alerting_stack.query('embedding_cost_USD_total{tier="api"}[5m]')
+    values = [float(v) for _, v in samples[0]["values"]]
+    assert values[0] == 0 and values[-1] == MONTHLY_USD, values
+    increase = alerting_stack.query('increase(embedding_cost_USD_total{tier="api"}[5m])')
+    assert float(increase[0]["value"][1]) > 0
     # Prefect got the matching event, which the documented automation reacts to.
     exceeded = [e for e in events if e["event"] == "tierembed.budget.exceeded"]
     assert [e["resource"]["prefect.resource.id"] for e in exceeded] == ["tierembed.budget.month"]
