@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "RunProgress",
@@ -145,7 +146,7 @@ def count_records(source: str, configured_format: str = "auto") -> int:
     return total
 
 
-def _count(fmt: str, handle: io.BufferedIOBase) -> int:
+def _count(fmt: str, handle: BinaryIO) -> int:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

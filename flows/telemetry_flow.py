@@ -25,6 +25,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from typing import cast
 from uuid import UUID
 
 from beam_pipeline.progress import RunProgress, count_records, read_progress
@@ -99,7 +100,8 @@ def _in_flow_run() -> bool:
 def _create(progress: float, key: str, description: str) -> UUID:
     from prefect.artifacts import create_progress_artifact
 
-    return create_progress_artifact(progress=progress, key=key, description=description)
+    artifact_id = create_progress_artifact(progress=progress, key=key, description=description)
+    return cast(UUID, artifact_id)  # sync call: async_dispatch returns the value itself
 
 
 def _update(artifact_id: UUID, progress: float, description: str) -> None:
