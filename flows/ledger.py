@@ -23,6 +23,7 @@ the locking it needs: keep the ledger on a local disk, or give each worker its o
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -225,6 +226,24 @@ class SpendLedger:
             conn.close()
 
     def _ensure_schema(self) -> None:
+        """Create or check the schema. Switching a new file to WAL needs an exclusive lock
+        for which SQLite does not always run the busy handler, so runs that open a new
+        ledger at the same moment can get SQLITE_BUSY at once: retry within the timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        delay = 0.01
+        while True:
+            try:
+                self._ensure_schema_once()
+                return
+            except LedgerError as exc:
+                cause = exc.__cause__
+                code = (getattr(cause, "sqlite_errorcode", 0) or 0) & 0xFF  # primary result code
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _ensure_schema_once(self) -> None:
         conn = self._connect()
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

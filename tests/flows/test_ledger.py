@@ -154,6 +154,12 @@ def _reserve(path: str, worker: int, barrier: mp.synchronize.Barrier, out: mp.Qu
     out.put(ledger.begin_run(f"r{worker}", per_run_usd=0.4, monthly_usd=1.0).budget_usd)
 
 
+def _create_and_reserve(path: str, worker: int, barrier: mp.synchronize.Barrier, out: mp.Queue) -> None:
+    barrier.wait()  # every process opens the not-yet-existing ledger at the same moment
+    ledger = SpendLedger(path, clock=lambda: JAN, busy_timeout_s=60)
+    out.put(ledger.begin_run(f"c{worker}", per_run_usd=0.1, monthly_usd=None).budget_usd)
+
+
 def _start(target: object, args_for: list[tuple[object, ...]]) -> None:
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=target, args=args) for args in args_for]  # type: ignore[arg-type]
@@ -183,6 +189,15 @@ def test_concurrent_reservations_never_exceed_the_monthly_cap(tmp_path: Path) ->
     _start(_reserve, [(path, w, barrier, out) for w in range(4)])
     grants = sorted(out.get(timeout=5) for _ in range(4))
     assert grants == pytest.approx([0.0, 0.2, 0.4, 0.4])
+
+
+def test_runs_creating_the_ledger_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    path = str(tmp_path / "fresh" / "ledger.sqlite")
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(6), ctx.Queue()
+    _start(_create_and_reserve, [(path, w, barrier, out) for w in range(6)])
+    assert sorted(out.get(timeout=5) for _ in range(6)) == pytest.approx([0.1] * 6)
+    assert len(SpendLedger(path, clock=lambda: JAN).runs(limit=10)) == 6
 
 
 # ------------------------------------------------------------- tierembed budget status
