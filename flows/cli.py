@@ -55,6 +55,8 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # No usage analytics from the ephemeral Prefect server (it cannot reach out anyway).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Beam logs an irrelevant GCP warning ("apitools not found") through the root logger
     # when first imported; import it once here with the root logger quietened.
     root = logging.getLogger()
