@@ -110,6 +110,11 @@ class SpendGuard:
     requests already in flight, plus its own estimated cost stays within the cap. On the
     reply the estimate is replaced by the billed figure (:meth:`settle`); a request that
     fails unbilled gives its reservation back (:meth:`release`). No cap admits everything.
+
+    Estimates are scaled by the worst billed/estimated ratio seen so far (never below 1), so
+    a tokenizer that counts more than our estimate (multilingual models do: up to 1.3x) is
+    learned from the first reply on; only requests in flight before that reply rely on the
+    raw estimate.
     """
 
     def __init__(self, cap_usd: float | None, price: Price | None) -> None:
@@ -119,6 +124,7 @@ class SpendGuard:
         self._per_token = price.per_token if price is not None else Fraction(0)
         self._billed_tokens = 0
         self._reserved_tokens = 0
+        self._ratio = Fraction(1)
 
     @property
     def billed_usd(self) -> Fraction:
@@ -131,7 +137,7 @@ class SpendGuard:
     def try_reserve(self, est_tokens: int) -> bool:
         """Reserve ``est_tokens`` if their estimated cost still fits; False leaves no trace."""
         if self._cap is not None:
-            committed = self._billed_tokens + self._reserved_tokens + est_tokens
+            committed = self._billed_tokens + (self._reserved_tokens + est_tokens) * self._ratio
             if committed * self._per_token > self._cap:
                 return False
         self._reserved_tokens += est_tokens
@@ -141,6 +147,8 @@ class SpendGuard:
         """Turn a reservation into the provider's bill for that request."""
         self.release(est_tokens)
         self._billed_tokens += billed_tokens
+        if est_tokens > 0:
+            self._ratio = max(self._ratio, Fraction(billed_tokens, est_tokens))
 
     def release(self, est_tokens: int) -> None:
         """Give back a reservation whose request will not be billed."""

@@ -84,3 +84,14 @@ def test_spend_guard_without_cap_admits_everything_and_a_cap_needs_a_price() -> 
     assert all(guard.try_reserve(10**9) for _ in range(3))
     with pytest.raises(ValueError):
         SpendGuard(1.0, None)
+
+
+def test_spend_guard_learns_a_tokenizer_that_counts_more_than_the_estimate() -> None:
+    from tiering.pricing import Price, SpendGuard
+
+    guard = SpendGuard(100.0, Price("m", "1000000"))  # cap = 100 tokens
+    assert guard.try_reserve(40)
+    guard.settle(40, 52)  # the provider billed 1.3x our estimate
+    # 52 billed + 40 * 1.3 = 104 > 100: refused, though 52 + 40 = 92 would have fitted unscaled
+    assert not guard.try_reserve(40)
+    assert guard.try_reserve(30)  # 52 + 30 * 1.3 = 91
