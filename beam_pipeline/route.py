@@ -45,15 +45,20 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
         doc = scored.document
         cost = estimated_api_cost(scored, self._policy, self._prices)
         key = priority_key(doc.id, scored.score, cost)
-        decision = decide_route(doc, scored.score, key, self._policy, plan)
-        targets = [t for t in decision.targets if existing.get(t[1], {}).get(doc.id) != doc.hash]
+        unchanged = frozenset(v for v, hashes in existing.items() if hashes.get(doc.id) == doc.hash)
+        decision = decide_route(doc, scored.score, key, self._policy, plan, unchanged)
+        targets = [t for t in decision.targets if t[1] not in unchanged]
+        # coverage mode: the local vector exists (or is being made), so an API target that
+        # cannot be embedded must not fall back to a second local write
+        has_local = any(tier is Tier.LOCAL for tier, _ in decision.targets)
         beam.metrics.Metrics.counter(
             "tierembed", "documents_routed" if targets else "skipped_unchanged").inc()
         if decision.over_budget:
             beam.metrics.Metrics.counter("tierembed", "routed_over_budget").inc()
         for tier, version in targets:
             beam.metrics.Metrics.counter("tierembed", f"routed.{tier.value}.{version}").inc()
-            routed = RoutedDocument(scored, tier, version, decision.reason)
+            routed = RoutedDocument(scored, tier, version, decision.reason,
+                                    has_local_target=has_local and tier is Tier.API)
             yield pvalue.TaggedOutput(branch_tag(tier, version), routed)
 
 

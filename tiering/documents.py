@@ -74,6 +74,7 @@ class RoutedDocument:
     model_version: str
     reason: str
     fell_back: bool = False  # re-targeted to the local tier by the API tier (breaker, budget)
+    has_local_target: bool = False  # coverage mode: the document also gets the local vector
 
     @property
     def id(self) -> str:

@@ -80,12 +80,22 @@ def wanted_tier(doc: Document, score: float, policy: RoutingPolicy) -> tuple[Tie
 
 
 def decide_route(
-    doc: Document, score: float, key: PriorityKey, policy: RoutingPolicy, plan: BudgetPlan
+    doc: Document,
+    score: float,
+    key: PriorityKey,
+    policy: RoutingPolicy,
+    plan: BudgetPlan,
+    unchanged: frozenset[str] = frozenset(),
 ) -> RouteDecision:
-    """Route one document; pure, so the same inputs always give the same decision."""
+    """Route one document; pure, so the same inputs always give the same decision.
+
+    ``unchanged`` names the model versions that already hold this document's current text:
+    keeping such a target costs nothing, so the budget does not move it to another tier.
+    """
     tier, reason = wanted_tier(doc, score, policy)
     wanted_api = tier is Tier.API
-    over_budget = wanted_api and not plan.admits(key)
+    free = wanted_api and _version(doc.id, Tier.API, policy) in unchanged
+    over_budget = wanted_api and not free and not plan.admits(key)
     if over_budget:
         tier, reason = Tier.LOCAL, reason + "; over budget -> local"
     targets: list[tuple[Tier, str]] = []

@@ -61,3 +61,22 @@ def test_zero_budget_routes_everything_local() -> None:
         routed = scored | RouteByTier(POLICY, PRICES, plan)
         assert_that(routed["local/loc-a"] | beam.Map(lambda r: (r.id, "over budget" in r.reason)),
                     equal_to([(f"d{i}", True) for i in range(4)]))
+
+
+def test_unchanged_api_document_stays_put_when_the_budget_is_spent() -> None:
+    # d0 and d1 are already embedded by their API version with the same text: keeping them
+    # costs nothing, so a zero budget must neither re-embed them locally nor count them.
+    docs = [doc(i, "high") for i in range(3)]
+    from tiering.ab import assign_version
+
+    versions = {d.id: assign_version(d.id, POLICY.api_versions, salt="ab-api") for d in docs}
+    existing = {v: {} for v in ("api-a", "api-b")}
+    for d in docs[:2]:
+        existing[versions[d.id]][d.id] = d.hash
+    with TestPipeline() as p:
+        scored = p | beam.Create(docs) | ScoreDocuments()
+        hashes = p | "Existing" >> beam.Create([existing])
+        plan = scored | PlanBudget(POLICY, PRICES, 0.0, hashes)
+        routed = scored | RouteByTier(POLICY, PRICES, plan, hashes)
+        everything = tuple(routed.values()) | beam.Flatten() | beam.Map(lambda r: (r.id, r.tier.value))
+        assert_that(everything, equal_to([("d2", "local")]))
