@@ -122,7 +122,7 @@ def budget_status(
         month_to_date_usd=month_to_date_usd,
         monthly_limit_usd=budget.monthly_usd,
         warn_fraction=budget.warn_fraction,
-        documents_over_budget=report.over_budget,
+        documents_over_budget=report.over_budget + report.fell_back_budget,
     )
 
 

@@ -128,6 +128,7 @@ def _report_from_dict(d: dict) -> "object":
         dead_letters_by_stage=tuple(sorted(d["dead_letters"].items())), lines=lines,
         written=d["written"], documents_routed=d["documents_routed"],
         skipped_unchanged=d["skipped_unchanged"], over_budget=d["over_budget"],
+        fell_back_budget=d.get("fell_back_budget", 0),
         api_requests=tuple(sorted(d["api_requests"].items())), api_retries=d["api_retries"],
         dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
         month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],
@@ -175,23 +176,32 @@ def replay(
     config: ConfigOpt = None,
     only_retryable: Annotated[bool, typer.Option(help="Replay only retryable letters.")] = True,
 ) -> None:
-    """Re-run the documents of a dead-letter set (for example after an API outage)."""
+    """Re-run the documents of a dead-letter set (for example after an API outage).
+
+    Targets that are already in the store with the same text are skipped as usual, so only
+    what failed is embedded (and paid for) again.
+    """
     _setup_logging(True)
-    files = sorted(dead_letters.glob("*.jsonl")) if dead_letters.is_dir() else [dead_letters]
-    payloads = []
-    for f in files:
-        for line in f.read_text(encoding="utf-8").splitlines():
-            letter = json.loads(line)
-            if only_retryable and not letter["retryable"]:
-                continue
-            payloads.append(letter["payload"])
-    if not payloads:
-        typer.echo("nothing to replay (no matching dead letters)")
+    from flows.replay import dead_letter_files, select_for_replay
+    from tiering.settings import load_settings
+
+    try:
+        fields = load_settings(config).input
+        lines = [line for f in dead_letter_files(dead_letters)
+                 for line in f.read_text(encoding="utf-8").splitlines()]
+    except TierembedError as exc:
+        _fail(exc)
+        return
+    chosen = select_for_replay(lines, fields, only_retryable=only_retryable)
+    typer.echo(f"replaying {len(chosen.records)} documents ({chosen.skipped_terminal} terminal letters "
+               f"left out{'; use --no-only-retryable to include them' if chosen.skipped_terminal else ''}"
+               f"; {chosen.skipped_unreadable} without a replayable payload)")
+    if not chosen.records:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "replay.jsonl"
-        path.write_text("\n".join(payloads) + "\n", encoding="utf-8")
-        run(str(path), config=config, budget=None, dry_run=False, full_refresh=True,
+        path.write_text("\n".join(chosen.records) + "\n", encoding="utf-8")
+        run(str(path), config=config, budget=None, dry_run=False, full_refresh=False,
             as_json=False, verbose=True)
 
 

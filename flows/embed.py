@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
 from flows.budget_events import Emit, settle_budget
-from flows.endpoint import resolve_endpoint
+from flows.endpoint import resolve_endpoint, settings_for_endpoint
 from flows.ledger import SpendLedger
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
@@ -85,6 +85,7 @@ def run_embedding(
     in the report.
     """
     run_id = run_id or new_run_id()
+    settings = settings_for_endpoint(settings)  # the stand-in gets versions of its own
     per_run = budget_usd if budget_usd is not None else settings.budget.per_run_usd
     ledger = ledger or SpendLedger(settings.budget.ledger_path)
     started = time.monotonic()

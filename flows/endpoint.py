@@ -10,6 +10,7 @@ so budgets behave as they would against the real provider.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -25,9 +26,10 @@ from pathlib import Path
 
 from beam_pipeline.pipeline import ResolvedApi
 from tiering.errors import ConfigError
-from tiering.settings import ApiEndpointMode, ApiTierSettings
+from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
 
-__all__ = ["LocalApiServer", "resolve_endpoint"]
+__all__ = ["LocalApiServer", "resolve_endpoint", "endpoint_mode", "settings_for_endpoint",
+           "STANDIN_SUFFIX"]
 
 _log = logging.getLogger(__name__)
 
@@ -101,29 +103,55 @@ class LocalApiServer:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        # The server runs in its own session: signal its whole process group.
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
         _log.info("local API server (pid %d) stopped", self.proc.pid)
         if self._log_file is not None:
             self._log_file.close()
 
 
+STANDIN_SUFFIX = "-standin"
+
+
+def endpoint_mode(api: ApiTierSettings) -> ApiEndpointMode:
+    """The endpoint ``auto`` resolves to: base_url, else OpenAI with a key, else the stand-in."""
+    if api.endpoint is not ApiEndpointMode.AUTO:
+        return api.endpoint
+    if api.base_url:
+        return ApiEndpointMode.CUSTOM
+    if api.api_key is not None and api.api_key.get_secret_value():
+        return ApiEndpointMode.OPENAI
+    return ApiEndpointMode.LOCAL_SERVER
+
+
+def settings_for_endpoint(settings: TierembedSettings) -> TierembedSettings:
+    """With the local stand-in, API model versions get a ``-standin`` suffix.
+
+    The stand-in is a different model (multilingual-e5-small) from the one configured, so
+    its vectors must never share a table, a named vector or a skip-unchanged hash with the
+    real API model's: when OPENAI_API_KEY is set later, those documents are embedded again
+    by the real model instead of being skipped.
+    """
+    if endpoint_mode(settings.api) is not ApiEndpointMode.LOCAL_SERVER:
+        return settings
+    models = tuple(
+        m if m.version.endswith(STANDIN_SUFFIX)
+        else m.model_copy(update={"version": m.version[: 63 - len(STANDIN_SUFFIX)] + STANDIN_SUFFIX})
+        for m in settings.api.models
+    )
+    return settings.model_copy(update={"api": settings.api.model_copy(update={"models": models})})
+
+
 @contextmanager
 def resolve_endpoint(api: ApiTierSettings) -> Iterator[ResolvedApi]:
     """Yield the endpoint for this run, starting (and finally stopping) a stand-in if needed."""
     key = api.api_key.get_secret_value() if api.api_key else None
-    mode = api.endpoint
-    if mode is ApiEndpointMode.AUTO:
-        if api.base_url:
-            mode = ApiEndpointMode.CUSTOM
-        elif key:
-            mode = ApiEndpointMode.OPENAI
-        else:
-            mode = ApiEndpointMode.LOCAL_SERVER
+    mode = endpoint_mode(api)
     if mode is ApiEndpointMode.CUSTOM:
         if not api.base_url:
             raise ConfigError("api.endpoint is 'custom' but api.base_url is empty; set it")

@@ -44,7 +44,9 @@ def _plan_line(report: RunReport) -> str:
     budget = "no budget limit" if report.budget_usd is None else f"budget {_usd(report.budget_usd)}"
     return (f"  plan: {wanted} documents wanted the paid tier; {planned} admitted "
             f"(estimated {_usd(report.est_cost_usd)}; {budget}), "
-            f"{report.over_budget} moved to the local tier by the budget")
+            f"{report.over_budget} moved to the local tier by the budget"
+            + (f", {report.fell_back_budget} more by the spend guard at run time"
+               if report.fell_back_budget else ""))
 
 
 def _budget_line(report: RunReport) -> str:

@@ -18,7 +18,7 @@ from typing import Protocol
 from beam_pipeline.local_embedder import LocalModelSpec, load_local_model
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
-from flows.endpoint import resolve_endpoint
+from flows.endpoint import resolve_endpoint, settings_for_endpoint
 from tiering.errors import ConfigError
 from tiering.settings import TierembedSettings
 
@@ -94,6 +94,7 @@ def search_store(
     settings: TierembedSettings, query: str, *, k: int = 5, only_version: str | None = None
 ) -> list[FusedHit]:
     """Search every model version present in the configured store (LanceDB or Weaviate)."""
+    settings = settings_for_endpoint(settings)  # same version names as the run used
     with open_store(settings) as store:
         return _search(settings, store, query, k, only_version)
 

