@@ -14,6 +14,7 @@ from which the flow builds the run report.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
@@ -110,6 +111,17 @@ def sink_config(settings: TierembedSettings) -> SinkConfig:
     raise ConfigError(f"unknown sink.kind {settings.sink.kind!r}; use 'lancedb' or 'weaviate'")
 
 
+def worker_share(settings: TierembedSettings) -> float:
+    """Each API worker's share of the rate limits and the run budget."""
+    if settings.api.worker_share is not None:
+        return settings.api.worker_share
+    ps = settings.pipeline
+    if ps.runner in ("DirectRunner", "direct") and ps.direct_running_mode != "in_memory":
+        workers = ps.direct_num_workers or os.cpu_count() or 1
+        return 1.0 / workers
+    return 1.0
+
+
 def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> ApiBranch:
     """One API version's branch, with this worker's share of the limits and of the budget.
 
@@ -121,7 +133,7 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
     gets 1/N (set ``api.worker_share: 1/N``).
     """
     api = spec.settings.api
-    share = api.worker_share
+    share = worker_share(spec.settings)
     same_model = sum(1 for m in api.models if m.model == model.model)
     total_weight = sum(m.traffic_weight for m in api.models)
     budget_share = model.traffic_weight / total_weight if total_weight else 1.0 / len(api.models)

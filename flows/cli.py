@@ -83,7 +83,8 @@ def run(
     dry_run: Annotated[bool, typer.Option(help="Check settings and input, embed nothing.")] = False,
     full_refresh: Annotated[bool, typer.Option(help="Re-embed unchanged documents too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show progress logs.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q",
+                                          help="Show progress logs (default) or only the report.")] = True,
 ) -> None:
     """Embed SOURCE: validate, score, route by value and budget, embed, upsert.
 

@@ -9,16 +9,17 @@ No ``from __future__ import annotations`` here: Prefect builds the parameter sch
 served flow from real annotations.
 """
 
-# Prefect first: Beam's import-time warning otherwise takes over the root logger.
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+# Prefect before anything that imports Beam: Beam's import-time warning otherwise takes
+# over the root logger.
 import prefect
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-
-import time
-import uuid
-from datetime import datetime, timezone
-from typing import Any, Optional
 
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
 from flows.budget_events import Emit, settle_budget
@@ -53,7 +54,7 @@ def existing_hashes(settings: TierembedSettings) -> dict[str, dict[str, str]]:
 
 
 def new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 

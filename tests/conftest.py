@@ -75,3 +75,17 @@ def corpus(n_docs: int, *, long_every: int = 0) -> list[dict[str, Any]]:
             text = " ".join([text] * 25)
         docs.append({"id": f"doc-{i:03d}", "text": text, "metadata": {"kind": "test", "n": i}})
     return docs
+
+
+def require_binary(name: str, hint: str) -> str:
+    """Path of a system tool a test needs. Missing: skip on a laptop, FAIL in CI (where
+    scripts/test.sh installs it), so a broken setup can never turn into a green run."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed; install it with `{hint}`"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must run this test)")
+        pytest.skip(message)
+    return path

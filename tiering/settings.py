@@ -211,13 +211,14 @@ class ApiTierSettings(_Section):
         1_000_000, ge=1, description="The provider's TPM limit for this endpoint and model (see worker_share)."
     )
     max_in_flight: int = Field(4, ge=1, le=256, description="Concurrent requests per worker.")
-    worker_share: float = Field(
-        1.0,
+    worker_share: float | None = Field(
+        None,
         gt=0.0,
         le=1.0,
         description="Share of requests_per_minute, tokens_per_minute and the run budget that one "
         "API worker (one EmbedApi DoFn instance) uses. Rate limits and budgets are global while "
-        "workers are not: with N workers embedding at once, set 1/N.",
+        "workers are not: with N workers embedding at once, set 1/N. None: 1/direct_num_workers "
+        "on the DirectRunner's multi-worker modes, else 1 (set it for Dataflow, Flink, Spark).",
     )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     document_input_type: str | None = Field(

@@ -132,3 +132,14 @@ def test_coverage_mode_gives_every_document_the_local_vector(
     assert report.accounting_ok()
     store = LanceDBStore(LanceDBSinkConfig(settings.sink.lancedb.uri))
     assert store.count("minilm-l6-v2") == 6 and store.count("fake-v1") == 1
+
+
+def test_worker_share_defaults_to_one_over_direct_workers(make_settings: SettingsFactory) -> None:
+    from beam_pipeline.pipeline import worker_share
+
+    assert worker_share(make_settings()) == 1.0
+    multi = make_settings({"pipeline": {"direct_running_mode": "multi_processing", "direct_num_workers": 4}})
+    assert worker_share(multi) == 0.25
+    explicit = make_settings({"api": {"worker_share": 0.5},
+                              "pipeline": {"direct_running_mode": "multi_threading", "direct_num_workers": 4}})
+    assert worker_share(explicit) == 0.5

@@ -10,7 +10,6 @@ alert, routing structure) still run.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -55,10 +54,9 @@ _BY_CLAUSE = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed; install it with `{APT_HINT}`")
-    return path
+    from tests.conftest import require_binary
+
+    return require_binary(name, APT_HINT)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -165,15 +165,12 @@ def test_dockerignore_keeps_venv_and_git_out_of_the_context() -> None:
 
 def test_dockerfile_beam_version_satisfies_pyproject() -> None:
     pyproject = REPO_ROOT / "pyproject.toml"
-    if not pyproject.exists():
-        pytest.skip("pyproject.toml not written yet")
     from packaging.requirements import Requirement
 
     project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
     requirements = [Requirement(dep) for dep in project.get("dependencies", [])]
     beam = [req for req in requirements if req.name == "apache-beam"]
-    if not beam:
-        pytest.skip("pyproject.toml does not depend on apache-beam")
+    assert beam, "pyproject.toml must depend on apache-beam"
     version = _global_args()["BEAM_VERSION"]
     assert beam[0].specifier.contains(version), f"apache-beam{beam[0].specifier} vs {version}"
 
@@ -325,9 +322,9 @@ def test_collector_receives_otlp_http_and_exports_where_prometheus_scrapes() -> 
 
 
 def test_promtool_check_config_accepts_prometheus_yml(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip(f"promtool is not installed; install it with `{APT_HINT}`")
+    from tests.conftest import require_binary
+
+    promtool = require_binary("promtool", APT_HINT)
     # Inside the container the rules sit under /etc/prometheus/rules/; point the glob at a
     # temporary copy so that promtool also checks the real rule file through the config.
     rules_dir = tmp_path / "rules"

@@ -17,7 +17,6 @@ it up to the last bit and the third that wanted the API goes to the local tier.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -135,9 +134,10 @@ def _wait_until_scraping(stack: AlertingStack, timeout_s: float = 15.0) -> None:
 
 @pytest.fixture
 def alerting_stack(tmp_path: Path) -> Iterator[AlertingStack]:
-    missing = [b for b in BINARIES.values() if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"Debian packages not installed: {missing} (scripts/test.sh installs them)")
+    from tests.conftest import require_binary
+
+    for binary in BINARIES.values():
+        require_binary(binary, "bash scripts/test.sh (installs Debian's prometheus packages)")
     work = tmp_path / "alerting"
     work.mkdir()
     pg, am, prom = (f"127.0.0.1:{_free_port()}" for _ in range(3))
