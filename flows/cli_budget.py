@@ -135,3 +135,26 @@ def status(
         typer.echo(json.dumps(_status_dict(ledger, settings.budget, shown, latest), indent=2))
         return
     typer.echo(render_status(ledger, settings.budget, shown, latest))
+
+
+@budget_app.command("reconcile")
+def reconcile(
+    run_id: Annotated[str, typer.Argument(help="The run id (see `tierembed budget status`).")],
+    billed_usd: Annotated[float, typer.Option(
+        "--billed-usd", min=0.0, help="What the provider billed for that run (0 releases it).")],
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML settings file; budget.ledger_path names the ledger.",
+        envvar="TIEREMBED_CONFIG")] = None,
+) -> None:
+    """Settle a run that failed or was killed: its whole reservation counts against the
+    month until its real bill is recorded here."""
+    from tiering.settings import load_settings
+
+    try:
+        ledger = SpendLedger(load_settings(config).budget.ledger_path)
+        record = ledger.reconcile_run(run_id, billed_usd)
+    except TierembedError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"run {record.run_id}: {record.status}, billed ${billed_usd:,.6f}; "
+               f"month to date ${ledger.month_to_date(record.month):,.6f}")

@@ -340,6 +340,27 @@ class SpendLedger:
             )
             return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
 
+    def reconcile_run(self, run_id: str, billed_usd: float) -> RunRecord:
+        """Record the real bill of a run that failed or was killed (its reservation then
+        stops counting against the month). ``billed_usd`` comes from the provider's usage
+        page; 0 simply releases the reservation."""
+        if billed_usd < 0:
+            raise LedgerError(f"billed_usd must be >= 0, got {billed_usd}")
+        with self._read() as conn:
+            row = conn.execute("SELECT status, error FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"run {run_id!r} is not in the ledger; `tierembed budget status` lists runs")
+        if row["status"] == "succeeded":
+            raise LedgerError(f"run {run_id!r} finished normally; its bill is already recorded")
+        line = SpendLine("api", "reconciled", "", 0, 0, billed_usd, billed_usd)
+        self.finish_run(run_id, [line])
+        note = f"reconciled by hand: billed ${billed_usd:.6f}; {row['error'] or 'killed while running'}"
+        with self._write() as conn:
+            # It stays a failed run, now with its real bill and no reservation.
+            conn.execute("UPDATE runs SET status = 'failed', reserved_usd = 0, error = ? WHERE run_id = ?",
+                         (note[:2000], run_id))
+            return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+
     @staticmethod
     def _run_month(conn: sqlite3.Connection, run_id: str, now: datetime) -> str:
         row = conn.execute("SELECT month FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -227,3 +227,19 @@ def test_budget_status_shows_month_to_date_per_model_and_runs(
     assert as_json["level"] == "warning" and as_json["by_model"][0]["model_version"] == "te3"
     bad = CliRunner().invoke(app, ["budget", "status", "--month", "2026-13"])
     assert bad.exit_code == 2
+
+
+def test_reconcile_replaces_a_failed_runs_reservation_with_its_real_bill(tmp_path: Path) -> None:
+    from flows.ledger import LedgerError
+
+    ledger = SpendLedger(tmp_path / "l.sqlite", clock=lambda: JAN)
+    ledger.begin_run("dead", per_run_usd=None, monthly_usd=10.0)  # reserves all 10
+    ledger.fail_run("dead", "killed")
+    assert ledger.begin_run("next", per_run_usd=None, monthly_usd=10.0).budget_usd == 0.0
+    ledger.fail_run("next", "nothing", nothing_sent=True)
+    record = ledger.reconcile_run("dead", 1.5)
+    assert record.status == "failed" and "reconciled" in record.error
+    assert ledger.month_to_date() == pytest.approx(1.5)
+    assert ledger.begin_run("after", per_run_usd=None, monthly_usd=10.0).budget_usd == pytest.approx(8.5)
+    with pytest.raises(LedgerError, match="not in the ledger"):
+        ledger.reconcile_run("nope", 0.0)
