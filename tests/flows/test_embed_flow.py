@@ -38,14 +38,17 @@ def test_flow_runs_pipeline_and_publishes_report_artifact(
     prefect_api: None, tmp_path: Path, fake_api: FakeOpenAIServer
 ) -> None:
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.embed import embed_documents
 
     docs = corpus(6)
     docs[0]["metadata"]["priority"] = "high"
     src = write_jsonl(tmp_path / "docs.jsonl", [*docs, "{bad json"])
-    result = embed_documents(source=str(src), config_path=str(_config(tmp_path, fake_api)))
+    state = embed_documents(source=str(src), config_path=str(_config(tmp_path, fake_api)),
+                            return_state=True)
+    result = state.result()
+    flow_run_id = state.state_details.flow_run_id
 
     assert result["accounting_ok"] is True
     assert result["records_read"] == 7 and result["dead_letters"] == {"validate": 1}
@@ -58,10 +61,11 @@ def test_flow_runs_pipeline_and_publishes_report_artifact(
     async def artifacts() -> list:  # type: ignore[type-arg]
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tierembed-run-report"])))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tierembed-run-report"]),
+                                               flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
     found = asyncio.run(artifacts())
-    assert found and found[0].type == "table"
+    assert len(found) == 1 and found[0].type == "table"  # this run's report, not another test's
     assert "fake-v1" in str(found[0].data)
 
 
