@@ -52,6 +52,8 @@ _FOREIGN = "Это небольшой текст на русском языке 
 _KINDS = (_LISTING, _ANALYSIS, _REGULATION, _CHAT, _FOREIGN)
 
 
+__all__ = ["main", "make_documents"]
+
 def make_documents(n: int, seed: int) -> list[Document]:
     """``n`` synthetic documents; word counts are log-uniform between 10 and 3,000."""
     rng = random.Random(seed)

@@ -19,6 +19,8 @@ import numpy as np
 
 from beam_pipeline.local_embedder import LocalModelSpec, load_local_model
 
+__all__ = ["main"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

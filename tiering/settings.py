@@ -157,10 +157,19 @@ class ApiModelSettings(_Section):
         description="USD per 1M input tokens; None looks the model up in the built-in price table.",
     )
     dimensions: int | None = Field(None, ge=1, description="Requested output dimensions, if supported.")
-    max_inputs_per_request: int = Field(2048, ge=1, le=100_000)
-    max_tokens_per_request: int = Field(300_000, ge=1)
-    max_tokens_per_input: int = Field(8192, ge=8)
-    traffic_weight: float = Field(1.0, ge=0.0, le=1.0)
+    max_inputs_per_request: int = Field(
+        2048, ge=1, le=100_000, description="Provider limit: inputs per request (OpenAI: 2,048)."
+    )
+    max_tokens_per_request: int = Field(
+        300_000, ge=1, description="Provider limit: tokens per request (OpenAI: 300,000)."
+    )
+    max_tokens_per_input: int = Field(
+        8192, ge=8, description="Provider limit: tokens per input (OpenAI: 8,192); longer "
+        "documents are chunked, never truncated."
+    )
+    traffic_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of this tier's documents in the A/B split."
+    )
 
 
 class RetrySettings(_Section):
