@@ -217,7 +217,8 @@ class ApiTierSettings(_Section):
         3000, ge=1, description="The provider's RPM limit for this endpoint and model (see worker_share)."
     )
     tokens_per_minute: int = Field(
-        1_000_000, ge=1, description="The provider's TPM limit for this endpoint and model (see worker_share)."
+        1_000_000, ge=1,
+        description="The provider's TPM limit for this endpoint and model (see worker_share).",
     )
     max_in_flight: int = Field(4, ge=1, le=256, description="Concurrent requests per worker.")
     worker_share: float | None = Field(
