@@ -4,12 +4,18 @@ Retry layer: ``ApiEmbedder._run_request`` is the ONE retry layer on this call pa
 official ``openai`` client is built with ``max_retries=0``; Beam and Prefect do not retry
 this work either. It retries 408/409/429/5xx, timeouts, connection errors and malformed
 replies with exponential backoff and full jitter (:class:`tiering.backoff.BackoffPolicy`:
-bounded failures, 429s and total time); a 400-class reply other than 429 is terminal.
+bounded failures, 429s and total time); a 400-class reply other than 429 is terminal. A
+malformed reply is any 200 whose structure is wrong (unparseable JSON, no ``data``, wrong
+indices or counts); an exception of a type this module does not know becomes a terminal
+:class:`CallFailure` naming the type, so one odd reply dead-letters its batch's inputs and
+never crashes the run.
 
 Pacing, per endpoint and model (this worker's share, see ``api.worker_share``):
 
-* requests are packed by estimated tokens up to the model's per-request limits; inputs over
-  the per-input limit are never sent (``InputTooLong``);
+* requests are packed by estimated tokens up to the model's per-request limits, the inputs
+  of one group (the chunks of one document, :attr:`ApiInput.group`) together when they fit;
+  inputs over the per-input limit (:attr:`ApiEmbedder.max_tokens_per_input`, the model's
+  limit capped by tokens per minute) are never sent (``InputTooLong``);
 * two aiolimiter leaky buckets, requests per minute and tokens per minute (each request
   acquires its estimated tokens), plus a cap on requests in flight;
 * the buckets follow the provider: after a reply the estimate is replaced by the billed
@@ -26,9 +32,25 @@ Pacing, per endpoint and model (this worker's share, see ``api.worker_share``):
 Failures: a circuit breaker stops calling an endpoint that keeps failing (the documents of
 short-circuited requests are reported so the caller can route them to the local tier or
 dead-letter them); a 400-class reply about the input is bisected so only the offending
-input is dead-lettered; 401/403/404 mean the endpoint refuses this worker, so later
-requests fail at once without being sent. An optional spend cap (this worker's share of the
-run budget) keeps requests whose estimated cost would pass it from being sent at all.
+input is dead-lettered; 401/403/404 mean the endpoint refuses this worker (bad key, wrong model or
+URL), so later requests fail at once without being sent; their inputs are reported
+retryable (fix the configuration, then replay). An optional spend cap (this worker's share
+of the run budget) keeps requests whose estimated cost would pass it from being sent at
+all; once one input of a group is refused, the group's inputs not yet sent are refused too
+(a document is embedded whole or not at all). What remains: chunks of a document sent in
+an earlier request are billed even if a later chunk fails or is refused; those tokens stay
+in ``billed_tokens`` and the cost.
+
+Billing of failed requests: a request that got an error status or a malformed reply is
+taken as unbilled and gives its spend reservation back. A request that timed out may still
+have been served and billed after the client gave up, so its reservation is kept as an
+upper bound (settled at the estimate in the spend guard); it is not counted in
+``billed_tokens`` or the cost, only in ``ApiCallStats.timed_out_est_tokens``. Replies
+without ``usage`` are charged at the estimate and flagged (``EmbedOutcome.unmetered``,
+``ApiCallStats.unmetered_tokens``).
+
+Provider error text is scrubbed of the configured API key and of anything shaped like an
+``sk-...`` key before it goes into a :class:`CallFailure` (and so into logs and dead letters).
 
 Vendor exceptions are mapped to :class:`CallFailure` in ``_classify`` and nowhere else, by
 exception type and status code. This module imports no Beam: ``embed_api.py`` adapts it.
@@ -40,6 +62,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -50,7 +73,7 @@ from aiolimiter import AsyncLimiter
 
 from tiering.backoff import BackoffPolicy
 from tiering.breaker import BreakerState, CircuitBreaker
-from tiering.packing import RequestLimits, pack_requests
+from tiering.packing import RequestLimits, pack_grouped
 from tiering.pricing import Price, SpendGuard, apportion
 from tiering.ratelimits import parse_rate_limit_headers, server_wait_s, synced_level
 
@@ -66,6 +89,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _ENDPOINT_REFUSES = frozenset({401, 403, 404})
 _RETRYABLE_4XX = frozenset({408, 409})
+_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +125,9 @@ class ApiInput:
 
     text: str
     est_tokens: int
+    group: int | None = None
+    """Inputs sharing a group (the chunks of one document) are packed together when they
+    fit and refused together by the spend cap; None is a group of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +143,9 @@ class CallFailure:
     retry_after_s: float | None = None
     about_input: bool = False
     """A terminal 4xx that names the input (or nothing): bisect to find the bad one."""
+    endpoint_refused: bool = False
+    """401/403/404: not retried in this run, but retryable by replay once the key, model or
+    endpoint is fixed."""
 
 
 @dataclass
@@ -129,6 +159,9 @@ class ApiCallStats:
     """Tokens from replies' ``usage`` (every 200, whatever became of its documents)."""
     unmetered_tokens: int = 0
     """Estimated tokens of 200 replies that carried no ``usage`` (not in billed_tokens)."""
+    timed_out_est_tokens: int = 0
+    """Estimated tokens of timed-out requests: maybe billed by the provider, never counted
+    in billed_tokens; the spend guard keeps them as spent (an upper bound)."""
     sent_est_tokens: int = 0
     over_budget_inputs: int = 0
     breaker_opened: int = 0
@@ -145,6 +178,8 @@ class EmbedOutcome:
     failures: dict[int, CallFailure] = field(default_factory=dict)
     short_circuited: set[int] = field(default_factory=set)
     over_budget: set[int] = field(default_factory=set)
+    unmetered: set[int] = field(default_factory=set)
+    """Inputs whose reply had no ``usage``: their ``billed_tokens`` are the estimate."""
     stats: ApiCallStats = field(default_factory=ApiCallStats)
 
 
@@ -191,15 +226,30 @@ def _status_failure(exc: Any, msg: str, needed_tokens: int) -> CallFailure:
         return CallFailure("429", "RateLimited", msg, True, False, wait)
     if code >= 500 or code in _RETRYABLE_4XX:
         return CallFailure(str(code), "ServerError", msg, True, True, wait)
-    about_input = code not in _ENDPOINT_REFUSES and getattr(exc, "param", None) in (None, "input")
+    if code in _ENDPOINT_REFUSES:
+        return CallFailure(
+            str(code), type(exc).__name__,
+            f"{msg}; the endpoint refused this worker: fix api key, model or base_url, then "
+            "replay these documents with `tierembed replay`", True, False, endpoint_refused=True,
+        )
+    about_input = getattr(exc, "param", None) in (None, "input")
     return CallFailure(str(code), type(exc).__name__, msg, False, False, about_input=about_input)
 
 
-def _classify(exc: BaseException, needed_tokens: int) -> CallFailure:
-    """Map an exception from the openai client to a CallFailure (the one vendor mapping)."""
+def _scrub(text: str, api_key: str) -> str:
+    """Remove the configured key and anything that looks like an ``sk-`` key."""
+    if len(api_key) >= 4:
+        text = text.replace(api_key, "***")
+    return _KEY_LIKE.sub("sk-***", text)
+
+
+def _classify(exc: BaseException, needed_tokens: int, api_key: str = "") -> CallFailure:
+    """Map an exception from the openai client to a CallFailure (the one vendor mapping).
+
+    Never raises: an exception type not known here is a terminal failure naming the type."""
     import openai
 
-    msg = f"{type(exc).__name__}: {exc}"[:500]
+    msg = _scrub(f"{type(exc).__name__}: {exc}", api_key)[:500]
     if isinstance(exc, openai.APITimeoutError):
         return CallFailure("timeout", "Timeout", msg, True, True)
     if isinstance(exc, openai.APIConnectionError):
@@ -208,7 +258,10 @@ def _classify(exc: BaseException, needed_tokens: int) -> CallFailure:
         return _status_failure(exc, msg, needed_tokens)
     if isinstance(exc, (openai.APIResponseValidationError, _MalformedReply, json.JSONDecodeError)):
         return CallFailure("malformed", "MalformedReply", msg, True, True)
-    raise exc
+    return CallFailure(
+        "unexpected", type(exc).__name__,
+        f"unexpected {msg}; not retried (report it as a bug with this message)", False, False,
+    )
 
 
 class ApiEmbedder:
@@ -284,7 +337,8 @@ class ApiEmbedder:
         """Embed ``inputs``; every index ends in exactly one field of the outcome."""
         self._ensure_async_parts()
         outcome = EmbedOutcome()
-        packing = pack_requests([i.est_tokens for i in inputs], self._effective_limits())
+        packing = pack_grouped([i.est_tokens for i in inputs], _groups_of(inputs),
+                               self._effective_limits())
         for i in packing.oversized:
             outcome.failures[i] = self._too_long(inputs[i])
         await asyncio.gather(*(self._run_request(inputs, idxs, outcome) for idxs in packing.requests))
@@ -294,6 +348,11 @@ class ApiEmbedder:
     def _effective_limits(self) -> RequestLimits:
         # aiolimiter cannot grant more than its capacity in one acquire.
         return self.config.limits.capped(self.config.tokens_per_minute)
+
+    @property
+    def max_tokens_per_input(self) -> int:
+        """The largest input this embedder will send: chunk documents to this."""
+        return self._effective_limits().max_tokens_per_input
 
     def _too_long(self, item: ApiInput) -> CallFailure:
         limit = self._effective_limits().max_tokens_per_input
@@ -317,7 +376,7 @@ class ApiEmbedder:
             failure = await self._gated_attempt(inputs, job, outcome)
             if failure is None:
                 return
-            if not failure.retryable:
+            if not failure.retryable or failure.endpoint_refused:
                 await self._on_terminal(inputs, job, failure, outcome)
                 return
             if failure.status == "timeout" and len(job.idxs) > 1:
@@ -372,19 +431,48 @@ class ApiEmbedder:
     async def _attempt(
         self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
     ) -> CallFailure | None:
-        """One try: refuse fast, wait for capacity, check the budget, send."""
+        """One try: refuse fast, wait for capacity, check the budget, then the breaker, send.
+
+        The budget is checked before ``breaker.allow()``, which claims the single half-open
+        trial: a request refused by the budget must not leave that trial claimed forever."""
         if self._refused is not None:
             return self._refused
-        if not self.breaker.allow():
+        if self.breaker.state is BreakerState.OPEN:
             outcome.short_circuited.update(job.idxs)
+            return None
+        if not job.reserved and not self._drop_refused_groups(inputs, job, outcome):
             return None
         await self._wait_for_capacity(job.tokens, outcome.stats)
         if not self._reserve(job):
             self._correct(-job.tokens, requests=-1)
-            outcome.over_budget.update(job.idxs)
-            outcome.stats.over_budget_inputs += len(job.idxs)
+            self._over_budget(job.idxs, outcome)
+            return None
+        if not self.breaker.allow():
+            self._release(job)
+            self._correct(-job.tokens, requests=-1)
+            outcome.short_circuited.update(job.idxs)
             return None
         return await self._send(inputs, job, outcome)
+
+    @staticmethod
+    def _over_budget(idxs: Sequence[int], outcome: EmbedOutcome) -> None:
+        outcome.over_budget.update(idxs)
+        outcome.stats.over_budget_inputs += len(idxs)
+
+    def _drop_refused_groups(
+        self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
+    ) -> bool:
+        """Refuse, unsent, the inputs whose group already had an input refused by the spend
+        cap (their document cannot be completed); False when nothing is left to send."""
+        refused = {inputs[i].group for i in outcome.over_budget} - {None}
+        if not refused:
+            return True
+        dropped = [i for i in job.idxs if inputs[i].group in refused]
+        if dropped:
+            self._over_budget(dropped, outcome)
+            job.idxs = tuple(i for i in job.idxs if inputs[i].group not in refused)
+            job.tokens = sum(inputs[i].est_tokens for i in job.idxs)
+        return bool(job.idxs)
 
     # -- budget --------------------------------------------------------------------------
     def _reserve(self, job: _Job) -> bool:
@@ -429,9 +517,8 @@ class ApiEmbedder:
             t0 = self._clock()
             try:
                 raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, job))
-                reply = raw.parse()  # the SDK's legacy raw response parses synchronously
-                vectors = self._vectors(reply, len(job.idxs))
-            except Exception as exc:  # noqa: BLE001 - classified; unknown types re-raised
+                reply, vectors = self._parsed(raw, len(job.idxs))
+            except Exception as exc:  # noqa: BLE001 - classified; unknown types are terminal
                 return self._on_failed_reply(exc, job, stats)
             finally:
                 stats.latencies_s.append(self._clock() - t0)
@@ -446,16 +533,37 @@ class ApiEmbedder:
             body["extra_body"] = {"input_type": self.config.input_type}
         return body
 
+    @classmethod
+    def _parsed(cls, raw: Any, expected: int) -> tuple[Any, list[list[float]]]:
+        """The parsed 200 reply and its vectors; a body of the wrong shape is _MalformedReply."""
+        try:
+            reply = raw.parse()  # the SDK's legacy raw response parses synchronously
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # e.g. the SDK's "No embedding data received" for {"error": ...} sent with a 200
+            raise _MalformedReply(f"200 reply the SDK cannot parse: {type(exc).__name__}: {exc}") from exc
+        return reply, cls._vectors(reply, expected)
+
     @staticmethod
     def _vectors(reply: Any, expected: int) -> list[list[float]]:
-        data = sorted(reply.data, key=lambda d: d.index)
-        if len(data) != expected or [d.index for d in data] != list(range(expected)):
+        """The reply's vectors in input order; any structural problem is _MalformedReply."""
+        data = getattr(reply, "data", None)
+        if not isinstance(data, list):
+            raise _MalformedReply(f"200 reply without a data list (got {type(data).__name__})")
+        try:
+            ordered = sorted(data, key=lambda d: d.index)
+            indices = [d.index for d in ordered]
+            vectors = [_embedding_of(d) for d in ordered]
+        except (AttributeError, TypeError) as exc:
+            raise _MalformedReply(f"200 reply with malformed data: {type(exc).__name__}") from exc
+        if indices != list(range(expected)):
             raise _MalformedReply(f"reply has {len(data)} embeddings for {expected} inputs")
-        return [list(d.embedding) for d in data]
+        return vectors
 
     def _on_failed_reply(self, exc: Exception, job: _Job, stats: ApiCallStats) -> CallFailure:
-        failure = _classify(exc, job.tokens)
+        failure = _classify(exc, job.tokens, self.config.api_key)
         stats.requests_by_status[failure.status] += 1
+        if failure.status == "timeout":
+            self._keep_timed_out_reservation(job, stats)
         if failure.status.isdigit():
             # The provider answered with an error: it admitted no tokens. The request slot
             # stays spent (providers may count refused requests); headers resync the rest.
@@ -467,9 +575,17 @@ class ApiEmbedder:
             self.breaker.record_success()  # a 429 or a 4xx proves the endpoint alive
         if failure.retry_after_s is not None and failure.status == "429":
             self._pause_until = max(self._pause_until, self._clock() + failure.retry_after_s)
-        if failure.status.isdigit() and int(failure.status) in _ENDPOINT_REFUSES:
+        if failure.endpoint_refused:
             self._refused = failure
         return failure
+
+    def _keep_timed_out_reservation(self, job: _Job, stats: ApiCallStats) -> None:
+        """The provider may have served (and billed) a request the client gave up on: the
+        spend guard keeps its estimate as spent, an upper bound; stats do not call it billed."""
+        stats.timed_out_est_tokens += job.tokens
+        if job.reserved:
+            self.spend.settle(job.tokens, job.tokens)
+            job.reserved = False
 
     def _on_success(
         self,
@@ -485,6 +601,10 @@ class ApiEmbedder:
         stats.sent_est_tokens += job.tokens
         self.breaker.record_success()
         billed = self._billed(reply, job, stats)
+        if billed is None:  # no usage: charge the estimate, flagged as such
+            stats.unmetered_tokens += job.tokens
+            outcome.unmetered.update(job.idxs)
+            billed = job.tokens
         self._correct(billed - job.tokens)  # the bill replaces the estimate
         self._feedback(headers, answered=True)
         self.spend.settle(job.tokens, billed)
@@ -495,13 +615,14 @@ class ApiEmbedder:
             outcome.billed_tokens[i] = shares[pos]
 
     @staticmethod
-    def _billed(reply: Any, job: _Job, stats: ApiCallStats) -> int:
+    def _billed(reply: Any, job: _Job, stats: ApiCallStats) -> int | None:
+        """The reply's billed tokens (added to stats), or None when it has no usage."""
         usage = getattr(reply, "usage", None)
-        if usage is None or usage.prompt_tokens is None:
-            stats.unmetered_tokens += job.tokens  # no usage: no exact bill for this request
-            return job.tokens
-        stats.billed_tokens += int(usage.prompt_tokens)
-        return int(usage.prompt_tokens)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        if not isinstance(prompt_tokens, int):
+            return None
+        stats.billed_tokens += prompt_tokens
+        return prompt_tokens
 
     def _feedback(self, headers: Mapping[str, str], *, answered: bool) -> None:
         """Follow the provider's own view of its buckets (see the module docstring)."""
@@ -550,3 +671,16 @@ class ApiEmbedder:
     def _fail(job: _Job, failure: CallFailure, outcome: EmbedOutcome) -> None:
         for i in job.idxs:
             outcome.failures[i] = failure
+
+
+def _groups_of(inputs: Sequence[ApiInput]) -> list[int]:
+    """Each input's group as an int; an input without one is a group of its own."""
+    offset = 1 + max((i.group for i in inputs if i.group is not None), default=-1)
+    return [i.group if i.group is not None else offset + pos for pos, i in enumerate(inputs)]
+
+
+def _embedding_of(item: Any) -> list[float]:
+    embedding = item.embedding
+    if not isinstance(embedding, list) or not embedding:
+        raise TypeError(f"embedding is {type(embedding).__name__}, not a list of floats")
+    return embedding

@@ -4,10 +4,14 @@ A thin DoFn around :class:`beam_pipeline.api_embedder.ApiEmbedder` (which holds 
 retry layer, the rate limiters, the circuit breaker and the spend cap; see its docstring).
 The embedder is built in ``setup`` and closed in ``teardown``, one per DoFn instance: its
 limits and spend cap are that worker's share (``api.worker_share``). Documents longer than
-the model's per-input limit are chunked (never truncated) and their chunk vectors
-aggregated. Billed tokens come from each reply's ``usage`` and are apportioned to inputs in
-whole tokens by their estimated tokens, so a document's ``billed_tokens`` and ``cost_usd``
-are exact and the documents of a reply add up to its bill.
+the embedder's per-input limit (the model's, capped by this worker's tokens per minute) are
+chunked (never truncated), the chunks of a document packed into one request when they fit,
+and their chunk vectors aggregated. Billed tokens come from each reply's ``usage`` and are
+apportioned to inputs in whole tokens by their estimated tokens, so a document's
+``billed_tokens`` and ``cost_usd`` are exact and the documents of a reply add up to its
+bill. A reply without ``usage`` is charged at the estimate: those documents' figures are
+estimates, counted apart in ``unmetered_tokens.api.<v>`` (never in ``billed_tokens``) so
+the report can add an estimated figure.
 
 Batching: ``BatchElements`` with a fixed size in *estimated tokens* (by default half a
 minute of this worker's token budget), not the adaptive doc count: each ``embed`` call then
@@ -17,12 +21,17 @@ rate, and the local buckets keep refilling during it.
 
 Outputs: ``embedded``; ``fallback`` (documents re-targeted to the local tier because the
 breaker was open or the run budget was reached, the reason appended to the document's
-route reason); ``dead_letters``. Counters (namespace ``tierembed``): ``embedded.api.<v>``,
-``chunks.api.<v>``, ``chunked.api.<v>``, ``est_tokens.api.<v>`` (estimates) apart from
-``billed_tokens.api.<v>`` (every billed token of every reply), ``fell_back.api.<v>`` (every
-document re-targeted to local, whatever the reason) and its subset
-``fell_back_budget.api.<v>``, ``api_requests.<v>.<status>``, ``api_retries.<v>``,
-``rate_limit_wait_ms.<v>``, ``dead_letters.embed``; distribution ``api_latency_ms.<v>``.
+route reason); ``dead_letters``. In coverage mode a document that also gets the local
+vector (``RoutedDocument.has_local_target``) is never re-targeted to local (that would write
+its local vector twice): its API target is dead-lettered, retryable, instead.
+
+Counters (namespace ``tierembed``): ``embedded.api.<v>``, ``chunks.api.<v>``,
+``chunked.api.<v>``, ``est_tokens.api.<v>`` (estimates) apart from ``billed_tokens.api.<v>``
+(every billed token of every reply) and ``unmetered_tokens.api.<v>`` (estimated tokens of
+replies without ``usage``), ``fell_back.api.<v>`` (every document re-targeted to local,
+whatever the reason) and its subset ``fell_back_budget.api.<v>``,
+``api_requests.<v>.<status>``, ``api_retries.<v>``, ``rate_limit_wait_ms.<v>``,
+``dead_letters.embed``; distribution ``api_latency_ms.<v>``.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ FALLBACK = "fallback"
 STAGE = "embed"
 BUDGET_REASON = "run budget reached"
 BREAKER_REASON = "circuit open"
+_NOT_SENT_STATUS = {"CircuitOpen": "breaker_open", "RunBudgetReached": "over_budget"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +103,10 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
 
     def process(self, batch: Sequence[RoutedDocument]) -> Iterator[object]:
         assert self._embedder is not None
-        limit = self._branch.config.limits.max_tokens_per_input
+        limit = self._embedder.max_tokens_per_input  # what the embedder will really send
         per_doc = [chunk_text(r.scored.document.text, limit) for r in batch]
-        inputs = [ApiInput(c, estimate_tokens(c)) for chunks in per_doc for c in chunks]
+        inputs = [ApiInput(c, estimate_tokens(c), group=doc)
+                  for doc, chunks in enumerate(per_doc) for c in chunks]
         outcome = self._embedder.embed(inputs)
         self._record_stats(outcome)
         start = 0
@@ -112,7 +123,7 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
             yield from self._breaker_open(routed)
         elif any(i in outcome.over_budget for i in idxs):
             _counter(f"fell_back_budget.api.{self._branch.version}").inc()
-            yield self._to_local(routed, BUDGET_REASON)
+            yield self._to_local(routed, BUDGET_REASON, "RunBudgetReached")
         else:
             yield self._embedded(routed, idxs, outcome)
 
@@ -130,14 +141,22 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
 
     def _breaker_open(self, routed: RoutedDocument) -> Iterator[object]:
         if self._branch.on_breaker_open == "local":
-            yield self._to_local(routed, BREAKER_REASON)
+            yield self._to_local(routed, BREAKER_REASON, "CircuitOpen")
             return
         failure = CallFailure("breaker_open", "CircuitOpen", "endpoint failing; circuit breaker open",
                               True, False)
         yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed, failure))
 
-    def _to_local(self, routed: RoutedDocument, why: str) -> pvalue.TaggedOutput:
-        """Re-target a document to the local tier, recording why on the document."""
+    def _to_local(self, routed: RoutedDocument, why: str, error_type: str) -> pvalue.TaggedOutput:
+        """Re-target a document to the local tier, recording why on the document; one that
+        already has a local target (coverage mode) keeps it and its API target is
+        dead-lettered, retryable, instead of writing the local vector twice."""
+        if routed.has_local_target:
+            failure = CallFailure(
+                _NOT_SENT_STATUS[error_type], error_type,
+                f"{why}; the document keeps its local vector (coverage mode), its API vector can "
+                "be added later", True, False)
+            return pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed, failure))
         local_version = assign_version(routed.id, self._branch.local_versions, salt="ab-local")
         _counter(f"fell_back.api.{self._branch.version}").inc()
         return pvalue.TaggedOutput(FALLBACK, replace(
@@ -173,7 +192,7 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         _counter(f"billed_tokens.api.{version}").inc(stats.billed_tokens)
         _counter(f"rate_limit_wait_ms.{version}").inc(int(stats.rate_limit_wait_s * 1000))
         if stats.unmetered_tokens:
-            _counter(f"unmetered_est_tokens.api.{version}").inc(stats.unmetered_tokens)
+            _counter(f"unmetered_tokens.api.{version}").inc(stats.unmetered_tokens)
         dist = beam.metrics.Metrics.distribution("tierembed", f"api_latency_ms.{version}")
         for latency in stats.latencies_s:
             dist.update(int(latency * 1000))

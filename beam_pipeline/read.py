@@ -5,6 +5,9 @@ is matched when the pipeline is built, so a missing file or an empty glob fails 
 a clear message instead of deep inside a worker. Each file is read by one worker; every
 record leaves as a ``RawRecord`` holding its ``path:line`` (or row) and its raw payload, so a
 record that cannot be parsed becomes a dead letter in the next stage, never an exception.
+A file that cannot be read at all (a corrupt Parquet footer, a broken CSV, an I/O error)
+becomes ONE such record naming the file and the error, after whatever it yielded before the
+failure, so ``records_read`` still equals valid documents plus dead letters.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import csv
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,6 +30,9 @@ from tiering.validation import RawRecord
 __all__ = ["ReadDocuments", "match_sources", "detect_format"]
 
 _log = logging.getLogger(__name__)
+# The csv module rejects fields over 131,072 chars by default; long documents are normal here
+# (validation enforces input.max_text_chars). The limit is a C long: 2**31 - 1 fits everywhere.
+_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 _FORMATS = {
     ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".parquet": "parquet", ".pq": "parquet",
@@ -75,7 +83,7 @@ def _known(path: str) -> bool:
     return True
 
 
-def _jsonl_records(path: str, handle: io.BufferedIOBase) -> Iterator[RawRecord]:
+def _jsonl_records(path: str, handle: BinaryIO) -> Iterator[RawRecord]:
     for line_no, raw_line in enumerate(handle, start=1):
         try:
             line = raw_line.decode("utf-8").rstrip("\r\n")
@@ -97,7 +105,7 @@ def _jsonl_records(path: str, handle: io.BufferedIOBase) -> Iterator[RawRecord]:
         yield RawRecord(path, line_no, line, fields=tuple(value.items()))
 
 
-def _parquet_records(path: str, handle: io.BufferedIOBase) -> Iterator[RawRecord]:
+def _parquet_records(path: str, handle: BinaryIO) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
     row_no = 0
@@ -108,17 +116,30 @@ def _parquet_records(path: str, handle: io.BufferedIOBase) -> Iterator[RawRecord
                             fields=tuple(row.items()))
 
 
-def _csv_records(path: str, handle: io.BufferedIOBase) -> Iterator[RawRecord]:
-    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+def _csv_records(path: str, handle: BinaryIO) -> Iterator[RawRecord]:
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    # surrogateescape keeps undecodable bytes in the text, so the bad row is found and
+    # dead-lettered by itself while the rest of the file still reads
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.DictReader(text)
     for row in reader:
-        fields = {k: v for k, v in row.items() if k is not None}
-        payload = json.dumps(fields, ensure_ascii=False)
-        if None in row:
-            yield RawRecord(path, reader.line_num, payload,
-                            parse_error=f"row has {len(row[None])} more values than the header has columns")
-            continue
-        yield RawRecord(path, reader.line_num, payload, fields=tuple(fields.items()))
+        yield _csv_record(path, reader.line_num, row)
+
+
+def _csv_record(path: str, line_no: int, row: dict[str | None, Any]) -> RawRecord:
+    fields = {k: v for k, v in row.items() if k is not None}
+    payload = json.dumps(fields, ensure_ascii=False)
+    try:
+        payload.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = payload.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        byte = ord(payload[exc.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+        return RawRecord(path, line_no, shown[:2000],
+                         parse_error=f"not valid UTF-8: byte 0x{byte:02x} in this row")
+    if None in row:
+        return RawRecord(path, line_no, payload, parse_error=f"row has {len(row[None])} more values "
+                         "than the header has columns")
+    return RawRecord(path, line_no, payload, fields=tuple(fields.items()))
 
 
 _READERS = {"jsonl": _jsonl_records, "parquet": _parquet_records, "csv": _csv_records}
@@ -131,13 +152,29 @@ class _ReadFileFn(beam.DoFn):  # type: ignore[misc]
     def process(self, path: str) -> Iterator[RawRecord]:
         fmt = detect_format(path, self._format)
         count = 0
-        with FileSystems.open(path) as handle:
-            for record in _READERS[fmt](path, handle):
-                count += 1
-                yield record
+        try:
+            with FileSystems.open(path) as handle:
+                for record in _READERS[fmt](path, handle):
+                    count += 1
+                    yield record
+        except Exception as exc:  # noqa: BLE001 - a file-level failure is one dead letter, not a crash
+            yield _unreadable(path, fmt, count, exc)
+            count += 1
         if count == 0:
             _log.warning("input file %s holds no records", path)
         beam.metrics.Metrics.counter("tierembed", "files_read").inc()
+
+
+def _unreadable(path: str, fmt: str, count: int, exc: Exception) -> RawRecord:
+    """The one record that stands for the unread rest of ``path`` (position: the next record)."""
+    beam.metrics.Metrics.counter("tierembed", "files_unreadable").inc()
+    read = f"after {count} records" if count else "before any record"
+    _log.error("cannot read %s file %s (%s): %s: %s", fmt, path, read, type(exc).__name__, exc)
+    return RawRecord(
+        path, count + 1, "",
+        parse_error=f"cannot read {fmt} file {path} {read}: {type(exc).__name__}: {exc}; "
+        "the rest of the file was not read. Fix or re-export the file, then run again",
+    )
 
 
 class ReadDocuments(beam.PTransform):  # type: ignore[misc]

@@ -80,6 +80,8 @@ def render_text(report: RunReport) -> str:
             f"  {t.tier:<6} {t.model_version:<16} {t.documents:>6} {t.chunked_documents:>7} "
             f"{t.est_tokens:>9} {t.billed_tokens:>10} {_usd(t.est_cost_usd):>12} {_usd(t.cost_usd):>12}"
             + (f"  ({t.fell_back} fell back to local)" if t.fell_back else "")
+            + (f"  ({t.unmetered_tokens} tokens had no usage in the reply: charged at the estimate)"
+               if t.unmetered_tokens else "")
         )
     lines.append(f"  total billed cost {_usd(report.cost_usd)} (estimated {_usd(report.est_cost_usd)})")
     lines.append(_budget_line(report))

@@ -6,6 +6,10 @@ conservative token estimate from :mod:`tiering.chunking`. Inputs keep their orde
 request closes when the next input would pass the inputs-per-request or tokens-per-request
 limit. An input over the per-input limit is never sent: chunking upstream should have split
 it, so the packer reports it in :attr:`Packing.oversized` and the caller dead-letters it.
+
+:func:`pack_grouped` keeps the inputs of one group (the chunks of one document) in the same
+request whenever the group fits in one, so a document is not split over requests that can
+fail or be refused apart (its first chunks paid for, then thrown away).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RequestLimits", "Packing", "pack_requests"]
+__all__ = ["RequestLimits", "Packing", "pack_requests", "pack_grouped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +64,57 @@ def pack_requests(token_counts: Sequence[int], limits: RequestLimits) -> Packing
     if current:
         requests.append(tuple(current))
     return Packing(tuple(requests), tuple(oversized))
+
+
+def pack_grouped(
+    token_counts: Sequence[int], groups: Sequence[int], limits: RequestLimits
+) -> Packing:
+    """Like :func:`pack_requests`, but a group of inputs (equal ``groups`` values, adjacent
+    or not) goes into one request when it fits in one: a request closes early rather than
+    split a group. A group too large for any request is packed in order from a fresh
+    request, its last request left open to the next group. Groups keep first-seen order."""
+    if len(groups) != len(token_counts):
+        raise ValueError(f"{len(groups)} group ids for {len(token_counts)} inputs")
+    members: dict[int, list[int]] = {}
+    oversized: list[int] = []
+    for index, (tokens, group) in enumerate(zip(token_counts, groups, strict=True)):
+        if tokens > limits.max_tokens_per_input:
+            oversized.append(index)
+        else:
+            members.setdefault(group, []).append(index)
+    packer = _GroupPacker(token_counts, limits)
+    for idxs in members.values():
+        packer.add_group(idxs)
+    return Packing(packer.finish(), tuple(oversized))
+
+
+class _GroupPacker:
+    def __init__(self, token_counts: Sequence[int], limits: RequestLimits) -> None:
+        self._tokens = token_counts
+        self._limits = limits
+        self._requests: list[tuple[int, ...]] = []
+        self._current: list[int] = []
+        self._used = 0
+
+    def _fits(self, n: int, tokens: int) -> bool:
+        return (len(self._current) + n <= self._limits.max_inputs
+                and self._used + tokens <= self._limits.max_tokens)
+
+    def _close(self) -> None:
+        if self._current:
+            self._requests.append(tuple(self._current))
+            self._current, self._used = [], 0
+
+    def add_group(self, idxs: Sequence[int]) -> None:
+        tokens = sum(self._tokens[i] for i in idxs)
+        if not self._fits(len(idxs), tokens):
+            self._close()  # start the group on a fresh request
+        for i in idxs:
+            if not self._fits(1, self._tokens[i]):
+                self._close()
+            self._current.append(i)
+            self._used += self._tokens[i]
+
+    def finish(self) -> tuple[tuple[int, ...], ...]:
+        self._close()
+        return tuple(self._requests)

@@ -41,6 +41,7 @@ class TierLine:
     est_cost_usd: float
     cost_usd: float
     fell_back: int = 0
+    unmetered_tokens: int = 0  # sent, but the reply had no usage: charged at the estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +157,15 @@ def _line_dict(line: TierLine) -> dict[str, object]:
         "chunked_documents": line.chunked_documents, "chunks": line.chunks,
         "est_tokens": line.est_tokens, "billed_tokens": line.billed_tokens,
         "est_cost_usd": line.est_cost_usd, "cost_usd": line.cost_usd, "fell_back": line.fell_back,
+        "unmetered_tokens": line.unmetered_tokens,
     }
 
 
 def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Price | None) -> TierLine:
     billed = c.get(f"billed_tokens.{tier}.{version}", 0)
     est = c.get(f"est_tokens.{tier}.{version}", 0)
+    # Replies without `usage` are charged at our estimate so the budget still sees them.
+    unmetered = c.get(f"unmetered_tokens.{tier}.{version}", 0)
     return TierLine(
         tier=tier,
         model_version=version,
@@ -173,8 +177,9 @@ def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Pric
         est_tokens=est,
         billed_tokens=billed,
         est_cost_usd=cost_usd(est, price) if price else 0.0,
-        cost_usd=cost_usd(billed, price) if price else 0.0,
+        cost_usd=cost_usd(billed + unmetered, price) if price else 0.0,
         fell_back=c.get(f"fell_back.{tier}.{version}", 0),
+        unmetered_tokens=unmetered,
     )
 
 

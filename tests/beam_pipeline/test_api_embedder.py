@@ -13,6 +13,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -181,6 +182,28 @@ def test_5xx_timeouts_and_malformed_replies_are_retried_until_each_document_land
         assert srv.stats().billed_inputs_by_model == {MODEL: 60}
 
 
+def test_200_without_data_is_retried_as_malformed_until_each_document_lands() -> None:
+    with FakeOpenAIServer(FakeServerConfig(seed=4, missing_data_rate=0.4)) as srv:
+        config = make_config(srv, limits=RequestLimits(3, 300_000, 8192), breaker_failure_threshold=50,
+                             backoff=replace(FAST, max_attempts=20))
+        outcome = run(config, inputs_of(texts(30)))
+
+        assert sorted(outcome.vectors) == list(range(30)) and not outcome.failures
+        missing = srv.stats().injected_faults["missing_data"]
+        assert outcome.stats.requests_by_status["malformed"] == missing > 0
+        assert srv.stats().billed_inputs_by_model == {MODEL: 30}
+
+
+def test_200_without_data_every_time_fails_retryable_instead_of_crashing(server: FakeOpenAIServer) -> None:
+    server.configure(missing_data_rate=1.0)
+    config = make_config(server, breaker_failure_threshold=50, backoff=replace(FAST, max_attempts=2))
+
+    outcome = run(config, inputs_of(texts(4)))
+
+    assert set(outcome.failures) == {0, 1, 2, 3}
+    assert {(f.error_type, f.retryable) for f in outcome.failures.values()} == {("MalformedReply", True)}
+
+
 def test_retries_stop_after_max_attempts_and_report_a_retryable_failure(server: FakeOpenAIServer) -> None:
     server.configure(dead=True)
     config = make_config(server, limits=RequestLimits(1, 300_000, 8192), breaker_failure_threshold=100,
@@ -223,12 +246,54 @@ def test_400_about_the_request_not_the_input_is_not_bisected(server: FakeOpenAIS
     assert len(outcome.failures) == 16 and server.stats().requests_total == 1
 
 
-def test_401_stops_calling_the_endpoint(server: FakeOpenAIServer) -> None:
+def test_401_stops_calling_the_endpoint_and_leaves_documents_retryable_by_replay(
+    server: FakeOpenAIServer,
+) -> None:
     server.configure(fail_next=[401])
     outcome = run(make_config(server, limits=RequestLimits(1, 300_000, 8192)), inputs_of(texts(5)))
 
     assert {f.status for f in outcome.failures.values()} == {"401"} and len(outcome.failures) == 5
-    assert server.stats().requests_total == 1
+    assert server.stats().requests_total == 1 and outcome.stats.retries == 0
+    # the documents are fine: fix the key/model/endpoint, then `tierembed replay` (retryable only)
+    assert all(f.retryable and "replay" in f.message and "api key" in f.message
+               for f in outcome.failures.values())
+
+
+class RaisingClient:
+    """A client seam whose create raises what it is given (a key-echoing 401, a bug)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.embeddings = self
+        self.with_raw_response = self
+        self.exc = exc
+
+    async def create(self, **body: Any) -> Any:
+        raise self.exc
+
+    async def close(self) -> None:
+        return None
+
+
+def test_provider_error_text_is_scrubbed_of_api_keys(server: FakeOpenAIServer) -> None:
+    key = "sk-proj-SECRETvalue123456"
+    request = httpx.Request("POST", server.base_url + "/embeddings")
+    exc = openai.AuthenticationError(
+        f"Incorrect API key provided: {key}; also seen sk-abc*****wxyz.",
+        response=httpx.Response(401, request=request), body=None)
+
+    outcome = run(make_config(server, api_key=key), inputs_of(texts(1)), client=RaisingClient(exc))
+
+    message = outcome.failures[0].message
+    assert key not in message and "SECRET" not in message and "wxyz" not in message
+    assert "sk-***" in message
+
+
+def test_an_unknown_exception_is_a_terminal_failure_not_a_crash(server: FakeOpenAIServer) -> None:
+    outcome = run(make_config(server), inputs_of(texts(3)), client=RaisingClient(RuntimeError("boom")))
+
+    assert set(outcome.failures) == {0, 1, 2}
+    failure = outcome.failures[0]
+    assert failure.error_type == "RuntimeError" and not failure.retryable and "boom" in failure.message
 
 
 # ---------------------------------------------------------------- breaker
@@ -330,6 +395,90 @@ def test_spend_cap_keeps_requests_that_would_pass_it_from_being_sent(server: Fak
     assert billed == 70 and len(outcome.vectors) == 7
     assert outcome.over_budget == set(range(20)) - set(outcome.vectors)
     assert outcome.stats.over_budget_inputs == 13
+
+
+def test_breaker_half_open_trial_is_not_lost_when_the_spend_cap_refuses_it(
+    server: FakeOpenAIServer,
+) -> None:
+    now = [0.0]
+    config = make_config(server, limits=RequestLimits(1, 300_000, 8192), breaker_failure_threshold=1,
+                         breaker_reset_after_s=10.0, backoff=replace(FAST, max_attempts=1),
+                         spend_cap_usd=50.0, price=Price(MODEL, "1000000"))
+    embedder = ApiEmbedder(config, clock=lambda: now[0])
+    try:
+        server.configure(dead=True)
+        embedder.embed(inputs_of(texts(1)))  # opens the breaker, bills nothing
+        server.configure(dead=False)
+        now[0] += 10.0  # half-open: one trial may go
+        too_dear = embedder.embed(inputs_of([" ".join(["word"] * 60)]))
+        affordable = embedder.embed(inputs_of([" ".join(["word"] * 10)]))
+    finally:
+        embedder.close()
+
+    assert too_dear.over_budget == {0} and not too_dear.short_circuited
+    assert sorted(affordable.vectors) == [0]  # the trial was still there to take
+
+
+def test_chunks_of_a_document_are_not_sent_after_another_chunk_was_refused_by_the_cap(
+    server: FakeOpenAIServer,
+) -> None:
+    # One document in three chunks, one request each (max_inputs=1): 10 tokens fit the $20
+    # cap, 30 do not, and 5 would fit but would be paid for and then thrown away.
+    items = [ApiInput(" ".join(["word"] * n), n, group=0) for n in (10, 30, 5)]
+    config = make_config(server, limits=RequestLimits(1, 300_000, 8192), spend_cap_usd=20.0,
+                         price=Price(MODEL, "1000000"))
+
+    outcome = run(config, items)
+
+    assert sorted(outcome.vectors) == [0] and outcome.over_budget == {1, 2}
+    assert server.stats().billed_tokens_total == 10 and outcome.stats.over_budget_inputs == 2
+
+
+def test_chunks_of_a_document_share_a_request_when_they_fit(server: FakeOpenAIServer) -> None:
+    items = [ApiInput("a b c", 10, group=0)] + [ApiInput("d e f", 10, group=1)] * 3
+    outcome = run(make_config(server, limits=RequestLimits(10, 30, 30)), items)
+
+    assert sorted(outcome.vectors) == [0, 1, 2, 3]
+    assert server.stats().requests_total == 2 and server.stats().max_inputs_seen == 3
+
+
+class NoUsageClient(TimedClient):
+    """The real SDK, with ``usage`` taken out of every reply (as some compatible servers do)."""
+
+    async def create(self, **body: Any) -> Any:
+        raw = await super().create(**body)
+        reply = raw.parse().model_copy(update={"usage": None})
+        return type("Raw", (), {"parse": lambda _self: reply, "headers": raw.headers})()
+
+
+def test_replies_without_usage_are_charged_at_the_estimate_and_flagged(server: FakeOpenAIServer) -> None:
+    items = inputs_of(texts(4))
+    config = make_config(server, limits=RequestLimits(2, 300_000, 8192))
+
+    outcome = run(config, items, client=NoUsageClient(server.base_url))
+
+    estimate = sum(i.est_tokens for i in items)
+    assert outcome.unmetered == {0, 1, 2, 3} and outcome.stats.unmetered_tokens == estimate
+    assert outcome.stats.billed_tokens == 0 and sum(outcome.billed_tokens.values()) == estimate
+
+
+def test_a_timed_out_request_keeps_its_spend_reservation_but_is_not_counted_billed(
+    server: FakeOpenAIServer,
+) -> None:
+    # The server answers (and bills) after the client gave up: the cap must assume it did.
+    server.configure(latency_s=0.5)
+    items = inputs_of([" ".join(["word"] * 10)])
+    config = make_config(server, timeout_s=0.2, backoff=replace(FAST, max_attempts=1),
+                         spend_cap_usd=1000.0, price=Price(MODEL, "1000000"))
+    embedder = ApiEmbedder(config)
+    try:
+        outcome = embedder.embed(items)
+    finally:
+        embedder.close()
+
+    assert outcome.failures[0].status == "timeout" and outcome.stats.billed_tokens == 0
+    assert outcome.stats.timed_out_est_tokens == 10
+    assert embedder.spend.billed_usd == 10 and embedder.spend.reserved_usd == 0
 
 
 def test_request_too_slow_to_answer_is_halved_until_it_fits(server: FakeOpenAIServer) -> None:

@@ -184,6 +184,48 @@ def test_run_budget_reached_routes_the_rest_to_local_and_counts_it(server: FakeO
     assert counters[f"fell_back_budget.api.{VERSION}"] == 6 and counters[f"fell_back.api.{VERSION}"] == 6
 
 
+@pytest.mark.parametrize(("cause", "error_type"),
+                         [("breaker", "CircuitOpen"), ("budget", "RunBudgetReached")])
+def test_coverage_document_is_dead_lettered_not_sent_to_local_a_second_time(
+    server: FakeOpenAIServer, cause: str, error_type: str,
+) -> None:
+    # Coverage mode: the document already goes to local; a second local copy would put the
+    # same id twice into one LanceDB merge_insert.
+    docs = [replace(routed(f"d{i}", " ".join(["word"] * 10)), has_local_target=True) for i in range(3)]
+    dollar_a_token = Price(MODEL, "1000000")
+    if cause == "breaker":
+        server.configure(dead=True)
+        api = branch(server, limits=RequestLimits(1, 300_000, PER_INPUT))
+    else:
+        api = replace(branch(server, spend_cap_usd=5.0, price=dollar_a_token), price=dollar_a_token)
+
+    def keeps_local(items: Sequence[DeadLetter]) -> None:
+        for d in items:
+            assert (d.error_type, d.retryable, d.tier) == (error_type, True, "api")
+            assert "keeps its local vector" in d.message and "tierembed replay" in d.message
+
+    counters = run_stage(api, docs, embedded=ids(set()), fallback=ids(set()),
+                         dead=every(ids({"d0", "d1", "d2"}), keeps_local))
+
+    assert f"fell_back.api.{VERSION}" not in counters and counters["dead_letters.embed"] == 3
+
+
+def test_documents_are_chunked_to_the_limit_the_token_rate_allows(server: FakeOpenAIServer) -> None:
+    # 20 tokens per minute caps every input at 20 estimated tokens, below the model's 40:
+    # chunking to 40 would make a 30-token input the embedder refuses as too long.
+    text = " ".join(["extraordinarily"] * 10)  # ~30 estimated tokens, 10 billed
+    api = branch(server, tokens_per_minute=20)
+
+    def two_chunks(items: Sequence[EmbeddedDocument]) -> None:
+        (doc,) = items
+        assert doc.n_chunks == 2 and doc.billed_tokens == 10
+
+    counters = run_stage(api, [routed("long", text)], embedded=every(ids({"long"}), two_chunks),
+                         fallback=ids(set()), dead=ids(set()))
+
+    assert counters[f"chunked.api.{VERSION}"] == 1 and server.stats().max_input_tokens_seen <= 20
+
+
 def test_api_branch_gives_each_worker_its_share_of_limits_and_budget() -> None:
     settings = load_settings(overrides={"api": {
         "requests_per_minute": 3000, "tokens_per_minute": 1_000_000, "worker_share": 0.25,

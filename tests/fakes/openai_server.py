@@ -71,7 +71,7 @@ DEFAULT_MODEL = "text-embedding-3-small"
 
 _PIECE_RE = re.compile(r"\w+|[^\w\s]")
 _WORD_RE = re.compile(r"\w+")
-_FAULT_KINDS = ("dead", "fail_next", "error", "timeout", "malformed", "poison")
+_FAULT_KINDS = ("dead", "fail_next", "error", "timeout", "malformed", "missing_data", "poison")
 # A truncated JSON document: the client reads a 200 it cannot parse.
 _MALFORMED_BODY = b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embe'
 
@@ -186,13 +186,17 @@ class FakeServerConfig:
     hang_s: float = 30.0
     malformed_rate: float = 0.0
     """Fraction of admitted requests answered 200 with a truncated JSON body (not billed)."""
+    missing_data_rate: float = 0.0
+    """Fraction of admitted requests answered 200 with valid JSON lacking ``data`` (an
+    ``{"error": ...}`` object, as some proxies send; not billed). Its roll is drawn only when
+    the rate is above 0, so seeds of configs without it replay the same faults."""
     dead: bool = False
     """Answer every embeddings request 503."""
     poison_marker: str | None = "__POISON__"
     """Text inputs containing this marker are rejected 400; None disables it."""
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "timeout_rate", "malformed_rate"):
+        for name in ("error_rate", "timeout_rate", "malformed_rate", "missing_data_rate"):
             _check(0.0 <= getattr(self, name) <= 1.0, name, "must be within [0, 1]")
         for name in (
             "dim",
@@ -250,7 +254,7 @@ class FakeServerStats:
     rate_limited: dict[str, int]
     """429s from the rate limiter, by limit type (``requests`` or ``tokens``)."""
     injected_faults: dict[str, int]
-    """Faults by kind: dead, fail_next, error, timeout, malformed, poison."""
+    """Faults by kind: dead, fail_next, error, timeout, malformed, missing_data, poison."""
     billed_tokens_by_model: dict[str, int]
     """Prompt tokens of 200 replies written to the client (taken back if the write failed)."""
     billed_inputs_by_model: dict[str, int]
@@ -670,6 +674,7 @@ class _Rolls:
     fault: _RequestError | None
     fault_kind: str | None
     malformed: bool
+    missing_data: bool = False
 
 
 class _FakeOpenAIApp:
@@ -790,6 +795,8 @@ class _FakeOpenAIApp:
         except _RequestError as exc:
             self._count_fault(exc.fault)
             return _error_reply(exc)
+        if rolls.missing_data:
+            return self._missing_data(parsed)
         return self._admitted(parsed, config, rolls.malformed)
 
     def _roll(self, config: FakeServerConfig) -> _Rolls:
@@ -808,7 +815,14 @@ class _FakeOpenAIApp:
         if kind is not None:
             self._stats.injected_faults[kind] += 1
         fault = _status_error(status) if kind not in (None, "timeout") else None
-        return _Rolls(fault, kind, malformed_roll < config.malformed_rate)
+        missing = config.missing_data_rate > 0 and self._rng.random() < config.missing_data_rate
+        return _Rolls(fault, kind, malformed_roll < config.malformed_rate, missing)
+
+    def _missing_data(self, request: _EmbeddingRequest) -> _Reply:
+        """A 200 whose JSON body has no ``data`` (not billed, not rate-limited)."""
+        self._count_fault("missing_data")
+        error = {"message": "Upstream error.", "type": "server_error", "code": None}
+        return _json_reply(200, {"error": error, "model": request.model}, counted=True)
 
     def _injected(self, fault: _RequestError, config: FakeServerConfig) -> _Reply:
         if fault.status != 429:
@@ -1108,6 +1122,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--timeout-rate", type=float, default=0.0)
     add("--hang-s", type=float, default=30.0)
     add("--malformed-rate", type=float, default=0.0)
+    add("--missing-data-rate", type=float, default=0.0)
     add("--dead", action="store_true")
     add("--poison-marker", default="__POISON__", help="empty disables it")
     return parser.parse_args(argv)

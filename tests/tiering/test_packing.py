@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tiering.packing import RequestLimits, pack_requests
+from tiering.packing import RequestLimits, pack_grouped, pack_requests
 
 
 def test_requests_close_at_the_token_limit_and_keep_order() -> None:
@@ -56,3 +56,27 @@ def test_random_inputs_every_index_once_and_no_request_over_a_limit() -> None:
 def test_zero_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         RequestLimits(0, 100, 10)
+
+
+def test_grouped_packing_closes_a_request_early_rather_than_split_a_group() -> None:
+    limits = RequestLimits(10, 30, 30)
+    assert pack_requests([10, 10, 10, 10], limits).requests == ((0, 1, 2), (3,))
+    packing = pack_grouped([10, 10, 10, 10], [0, 1, 1, 1], limits)
+    assert packing.requests == ((0,), (1, 2, 3))
+
+
+def test_grouped_packing_fills_requests_when_groups_fit_and_respects_input_count() -> None:
+    packing = pack_grouped([5, 5, 5, 5, 5], [0, 0, 1, 2, 2], RequestLimits(3, 100, 10))
+    assert packing.requests == ((0, 1, 2), (3, 4))
+
+
+def test_a_group_larger_than_a_request_spans_requests_from_a_fresh_one() -> None:
+    packing = pack_grouped([10, 20, 20, 20, 5], [0, 1, 1, 1, 2], RequestLimits(10, 40, 40))
+    assert packing.requests == ((0,), (1, 2), (3, 4))
+
+
+def test_grouped_packing_reports_oversized_inputs_and_checks_lengths() -> None:
+    packing = pack_grouped([5, 61, 5], [0, 0, 0], RequestLimits(10, 100, 60))
+    assert packing.requests == ((0, 2),) and packing.oversized == (1,)
+    with pytest.raises(ValueError, match="group ids"):
+        pack_grouped([1, 2], [0], RequestLimits(10, 100, 60))
