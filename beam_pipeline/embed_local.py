@@ -39,38 +39,51 @@ class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
         self._model: LoadedLocalModel | None = None
 
     def setup(self) -> None:
-        tag = f"{self._spec.model}|{self._spec.device}|{self._spec.precision}"
+        # the whole spec: two versions of one model with other limits must not share a load
+        tag = repr(self._spec)
         self._model = _SHARED_MODELS.acquire(lambda: load_local_model(self._spec), tag=tag)
 
     def process(self, batch: Sequence[RoutedDocument]) -> Iterator[object]:
         try:
-            yield from self._embed(batch)
+            embedded = self._embed(batch)
         except Exception:  # noqa: BLE001 - isolate the failing document, then dead-letter it
             if len(batch) == 1:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(batch[0]))
                 return
             for routed in batch:
                 try:
-                    yield from self._embed([routed])
+                    embedded = self._embed([routed])
                 except Exception:  # noqa: BLE001
                     yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed))
+                    continue
+                yield from self._count(embedded)
+            return
+        yield from self._count(embedded)
 
-    def _embed(self, batch: Sequence[RoutedDocument]) -> Iterator[EmbeddedDocument]:
+    def _embed(self, batch: Sequence[RoutedDocument]) -> list[EmbeddedDocument]:
+        """All of the batch or an exception: nothing leaves before the whole batch is done,
+        so the per-document retry after a failure never emits a document twice."""
         assert self._model is not None
         per_doc = [self._model.chunk(r.scored.document.text) for r in batch]
         flat = [c for chunks in per_doc for c in chunks]
         vectors = self._model.encode(flat)
+        out = []
         start = 0
-        counter = beam.metrics.Metrics.counter
         for routed, chunks in zip(batch, per_doc, strict=True):
             doc_vecs = vectors[start : start + len(chunks)]
             start += len(chunks)
+            out.append(make_embedded(routed, self._spec.model, aggregate_vectors(doc_vecs), len(chunks)))
+        return out
+
+    def _count(self, embedded: list[EmbeddedDocument]) -> list[EmbeddedDocument]:
+        counter = beam.metrics.Metrics.counter
+        for doc in embedded:
             counter("tierembed", f"embedded.local.{self._version}").inc()
-            counter("tierembed", f"chunks.local.{self._version}").inc(len(chunks))
-            counter("tierembed", f"est_tokens.local.{self._version}").inc(routed.scored.est_tokens)
-            if len(chunks) > 1:
+            counter("tierembed", f"chunks.local.{self._version}").inc(doc.n_chunks)
+            counter("tierembed", f"est_tokens.local.{self._version}").inc(doc.est_tokens)
+            if doc.n_chunks > 1:
                 counter("tierembed", f"chunked.local.{self._version}").inc()
-            yield make_embedded(routed, self._spec.model, aggregate_vectors(doc_vecs), len(chunks))
+        return embedded
 
     def _dead(self, routed: RoutedDocument) -> DeadLetter:
         exc = sys.exc_info()[1]

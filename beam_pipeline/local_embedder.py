@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tiering.chunking import chunk_text, split_to_fit
+from tiering.errors import ConfigError
 
-__all__ = ["LocalModelSpec", "LoadedLocalModel", "resolve_model_path", "load_local_model"]
+__all__ = ["LocalModelSpec", "LoadedLocalModel", "resolve_model_path", "load_local_model", "precision_plan"]
 
 _log = logging.getLogger(__name__)
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
@@ -60,6 +61,26 @@ def _pick_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def precision_plan(device: str, precision: str) -> str:
+    """How ``local.precision`` applies on ``device``: 'fp32' (as loaded), 'fp16' or 'bf16'
+    (weights cast), or 'bf16-autocast' (CPU: fp32 weights, bf16 matmuls).
+
+    fp16 on CPU is refused rather than ignored: torch runs few CPU kernels in half precision
+    (slow where present, missing elsewhere), and bf16 autocast is the fast CPU choice.
+    """
+    if device == "cpu":
+        if precision == "fp16":
+            raise ConfigError(
+                "local.precision 'fp16' is not supported on the CPU (local.device resolved to "
+                "'cpu'); use 'bf16' (bf16 autocast, the fast CPU choice), 'fp32' or 'auto'",
+                stage="embed",
+            )
+        return "bf16-autocast" if precision in ("auto", "bf16") else "fp32"
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return precision
+
+
 class LoadedLocalModel:
     """A loaded model plus the chunk-and-aggregate logic around it."""
 
@@ -68,20 +89,28 @@ class LoadedLocalModel:
 
         self.spec = spec
         self.device = _pick_device(spec.device)
+        self.precision = precision_plan(self.device, spec.precision)
         path = resolve_model_path(spec.model)
         self.model = SentenceTransformer(path, device=self.device)
-        if self.device.startswith("cuda") and spec.precision in ("auto", "fp16"):
-            self.model.half()
+        self._cast_weights()
         self.max_tokens = min(spec.max_input_tokens, int(self.model.max_seq_length))
         self.dimension = int(self.model.get_embedding_dimension())
         self.tokenizer = self.model.tokenizer
-        _log.info("local model %s loaded on %s (%d dims, %d max tokens)",
-                  spec.model, self.device, self.dimension, self.max_tokens)
+        _log.info("local model %s loaded on %s in %s (%d dims, %d max tokens)",
+                  spec.model, self.device, self.precision, self.dimension, self.max_tokens)
+
+    def _cast_weights(self) -> None:
+        import torch
+
+        if self.precision == "fp16":
+            self.model.half()
+        elif self.precision == "bf16":
+            self.model.to(torch.bfloat16)
 
     def _autocast(self) -> AbstractContextManager[Any]:
         import torch
 
-        if self.device == "cpu" and self.spec.precision in ("auto", "bf16"):
+        if self.precision == "bf16-autocast":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 

@@ -211,9 +211,11 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
         dead.append(out[DEAD_LETTERS])
 
     all_embedded = tuple(embedded) | "FlattenEmbedded" >> beam.Flatten()
+    from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
+
     sink = sink_config(s)
-    if isinstance(sink, LanceDBSinkConfig):  # its writer reports documents written and progress
-        sink = replace(sink, telemetry=telemetry)
+    assert isinstance(sink, LanceDBSinkConfig | WeaviateSinkConfig), type(sink)
+    sink = replace(sink, telemetry=telemetry)  # every writer reports documents written and progress
     written = all_embedded | "WriteEmbeddings" >> WriteEmbeddings(sink)
     dead.append(written["dead_letters"])
     letters = tuple(dead) | "FlattenDeadLetters" >> beam.Flatten()

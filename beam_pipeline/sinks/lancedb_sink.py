@@ -5,13 +5,19 @@ models live in different spaces and must never share a column. Rows are upserted
 document id with ``merge_insert``, so a re-run replaces a document's vector in place. The
 writer buffers in ``process`` and flushes when the buffer is full and in ``finish_bundle``;
 a failed flush dead-letters each object of that flush with the reason.
+
+The one retry layer on this path is LanceDB's own: ``merge_insert`` re-applies itself after a
+concurrent commit conflict (several writers of one table) for up to 30 s after the first
+attempt (lancedb 0.40, ``LanceMergeInsertBuilder.execute``). This module does not retry on top
+of it: lancedb surfaces a conflict that outlived those retries as a plain ``RuntimeError``
+(python/src/error.rs maps every lance error without its own case to RuntimeError), so there is
+no exception type to classify by, and the flush is dead-lettered as retryable instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -118,17 +124,9 @@ class LanceDBStore:
                 f"table {self.config.table_name(version)} holds {expected}-dim vectors but model "
                 f"version {version} produced {len(docs[0].vector)}; give the new model a new version"
             )
-        data = _to_table(docs)
-        for attempt in range(5):
-            try:
-                (table.merge_insert("id").when_matched_update_all()
-                 .when_not_matched_insert_all().execute(data))
-                return
-            except Exception as exc:  # concurrent commit conflict: lance asks us to retry
-                if "conflict" not in type(exc).__name__.lower() and "retry" not in str(exc).lower():
-                    raise
-                time.sleep(0.05 * 2**attempt)
-        raise RuntimeError(f"gave up upserting into {self.config.table_name(version)} after conflicts")
+        # lancedb retries a concurrent commit conflict itself (see the module docstring)
+        (table.merge_insert("id").when_matched_update_all()
+         .when_not_matched_insert_all().execute(_to_table(docs)))
 
     def versions(self) -> list[str]:
         """Table suffixes present (model versions with '-' and '.' turned into '_')."""
@@ -144,7 +142,8 @@ class LanceDBStore:
         table = self._open(version, None)
         if table is None:
             return {}
-        cols = table.to_arrow().select(["id", "content_hash"]).to_pydict()
+        # an empty query has no row limit; read only the two columns, never text or vectors
+        cols = table.search().select(["id", "content_hash"]).to_arrow().to_pydict()
         return dict(zip(cols["id"], cols["content_hash"], strict=True))
 
     def search(self, version: str, vector: list[float], k: int) -> list[SearchHit]:

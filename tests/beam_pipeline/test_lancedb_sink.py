@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -47,3 +49,76 @@ def test_dimension_change_under_same_version_dead_letters_each_object(tmp_path: 
         out = p | beam.Create([emb("x", (1.0, 0.0, 0.0)), emb("y", (0.0, 1.0, 0.0))]) | WriteEmbeddings(cfg)
         assert_that(out["dead_letters"] | beam.Map(lambda d: (d.doc_id, d.stage, "new version" in d.message)),
                     equal_to([("x", "write", True), ("y", "write", True)]))
+
+
+class _Columns:
+    """A LanceDB table that records which columns each read asks for; whole-table reads fail."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.selected: list[list[str]] = []
+
+    def to_arrow(self) -> Any:
+        raise AssertionError("existing_hashes materialised the whole table (text and vectors)")
+
+    def search(self, *args: Any, **kw: Any) -> Any:
+        query = self._table.search(*args, **kw)
+        original = query.select
+
+        def select(columns: list[str]) -> Any:
+            self.selected.append(list(columns))
+            return original(columns)
+
+        query.select = select
+        return query
+
+
+class _SpyStore(LanceDBStore):
+    def __init__(self, cfg: LanceDBSinkConfig) -> None:
+        super().__init__(cfg)
+        self.spy: _Columns | None = None
+
+    def _open(self, version: str, dim: int | None) -> Any:
+        table = super()._open(version, dim)
+        self.spy = None if table is None else _Columns(table)
+        return self.spy
+
+
+def test_existing_hashes_reads_only_ids_and_hashes_of_every_row(tmp_path: Path) -> None:
+    cfg = LanceDBSinkConfig(str(tmp_path / "db"), batch_size=100)
+    LanceDBStore(cfg).upsert([emb(f"d{i}", (1.0, 0.0), text=str(i)) for i in range(25)])  # > 10
+    store = _SpyStore(cfg)
+    hashes = store.existing_hashes("v1")
+    assert hashes == {f"d{i}": f"hash-{i}" for i in range(25)}
+    assert store.spy is not None and store.spy.selected == [["id", "content_hash"]]
+
+
+class _ConflictingTable:
+    """merge_insert always fails with lance's conflict wording (message says 'retry')."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.attempts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def merge_insert(self, on: str) -> Any:
+        self.attempts += 1
+        raise RuntimeError("Retryable commit conflict for version 3: please retry")
+
+
+class _ConflictStore(LanceDBStore):
+    table: _ConflictingTable | None = None
+
+    def _open(self, version: str, dim: int | None) -> Any:
+        if self.table is None:
+            self.table = _ConflictingTable(super()._open(version, dim))
+        return self.table
+
+
+def test_upsert_does_not_retry_by_error_text_on_top_of_lancedb(tmp_path: Path) -> None:
+    store = _ConflictStore(LanceDBSinkConfig(str(tmp_path / "db")))
+    with pytest.raises(RuntimeError, match="commit conflict"):
+        store.upsert([emb("a", (1.0, 0.0))])
+    assert store.table is not None and store.table.attempts == 1  # lancedb's retry is the only layer

@@ -85,7 +85,8 @@ def test_csv_field_over_the_default_csv_limit_is_read(tmp_path: Path) -> None:
         csv.writer(f).writerows([["id", "text"], ["b1", big], ["b2", "short"]])
     with TestPipeline() as p:
         out = p | ReadDocuments(str(tmp_path / "big.csv")) | beam.Map(
-            lambda r: (dict(r.fields or ()).get("id"), len(str(dict(r.fields or ()).get("text"))), r.parse_error))
+            lambda r: (dict(r.fields or ()).get("id"), len(str(dict(r.fields or ()).get("text"))),
+                       r.parse_error))
         assert_that(out, equal_to([("b1", 200_000, None), ("b2", 5, None)]))
 
 

@@ -266,3 +266,22 @@ def test_whole_pipeline_writes_to_weaviate_and_reruns_skip_unchanged(
     assert not any(n for k, n in second.counters.items() if k.startswith("written."))
     assert fake_api.stats().billed_tokens_total == billed  # unchanged documents cost nothing
     assert len(wv.objects("Document")) == 12
+
+
+def test_whole_pipeline_into_weaviate_reports_written_documents_and_progress(
+    tmp_path: Path, make_settings: SettingsFactory, fake_api: FakeOpenAIServer, wv: WeaviateDouble
+) -> None:
+    from beam_pipeline.progress import read_progress
+
+    settings = make_settings({
+        **api_overrides(fake_api),
+        "routing": {"api_threshold": 0.0},  # every document to the API tier: no local model to load
+        "sink": {"kind": "weaviate", "weaviate": {"url": wv.url, "grpc_port": wv.grpc_port}},
+        "telemetry": {"progress_dir": str(tmp_path / "progress")},
+    })
+    src = write_jsonl(tmp_path / "docs.jsonl", [*corpus(5), "{bad json"])
+    outcome = run_pipeline(PipelineSpec(settings, str(src), "r-wv", None,
+                                        ResolvedApi(fake_api.base_url, "test", "fake")))
+    assert outcome.counters["documents.embedded.api"] == 5  # the same metric the LanceDB writer records
+    progress = read_progress(str(tmp_path / "progress" / "tierembed-progress" / "r-wv"))
+    assert (progress.written, progress.dead_lettered) == (5, 1)
