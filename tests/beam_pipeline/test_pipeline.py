@@ -140,6 +140,8 @@ def test_worker_share_defaults_to_one_over_direct_workers(make_settings: Setting
     assert worker_share(make_settings()) == 1.0
     multi = make_settings({"pipeline": {"direct_running_mode": "multi_processing", "direct_num_workers": 4}})
     assert worker_share(multi) == 0.25
-    explicit = make_settings({"api": {"worker_share": 0.5},
-                              "pipeline": {"direct_running_mode": "multi_threading", "direct_num_workers": 4}})
+    explicit = make_settings({
+        "api": {"worker_share": 0.5},
+        "pipeline": {"direct_running_mode": "multi_threading", "direct_num_workers": 4},
+    })
     assert worker_share(explicit) == 0.5
