@@ -72,12 +72,12 @@ def render_text(report: RunReport) -> str:
         f"{dict(report.dead_letters_by_stage).get('validate', 0)} rejected by validation; "
         f"{report.skipped_unchanged} skipped as unchanged",
         _plan_line(report),
-        f"  {'tier':<6} {'version':<16} {'docs':>6} {'chunked':>7} {'est tok':>9} "
+        f"  {'tier':<6} {'version':<20} {'docs':>6} {'chunked':>7} {'est tok':>9} "
         f"{'billed tok':>10} {'est cost':>12} {'cost':>12}",
     ]
     for t in report.lines:
         lines.append(
-            f"  {t.tier:<6} {t.model_version:<16} {t.documents:>6} {t.chunked_documents:>7} "
+            f"  {t.tier:<6} {t.model_version:<20} {t.documents:>6} {t.chunked_documents:>7} "
             f"{t.est_tokens:>9} {t.billed_tokens:>10} {_usd(t.est_cost_usd):>12} {_usd(t.cost_usd):>12}"
             + (f"  ({t.fell_back} fell back to local)" if t.fell_back else "")
             + (f"  ({t.unmetered_tokens} tokens had no usage in the reply: charged at the estimate)"
