@@ -7,17 +7,20 @@ import json
 import numpy as np
 import numpy.typing as npt
 
-from tiering.documents import EmbeddedDocument, RoutedDocument
+from tiering.documents import Document, EmbeddedDocument, RoutedDocument
 
-__all__ = ["doc_payload", "make_embedded"]
+__all__ = ["doc_payload", "document_payload", "make_embedded"]
 
 
-def doc_payload(routed: RoutedDocument) -> str:
-    """The document as replayable JSONL (id, text, metadata)."""
-    doc = routed.scored.document
+def document_payload(doc: Document) -> str:
+    """The document as replayable JSONL (id, text, metadata); see flows.replay."""
     return json.dumps(
         {"id": doc.id, "text": doc.text, "metadata": json.loads(doc.metadata_json)}, ensure_ascii=False
     )
+
+
+def doc_payload(routed: RoutedDocument) -> str:
+    return document_payload(routed.scored.document)
 
 
 def make_embedded(

@@ -16,7 +16,6 @@ no exception type to classify by, and the flush is dead-lettered as retryable in
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -26,9 +25,9 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.records import document_payload
+from beam_pipeline.sinks.bundles import in_global_window
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
@@ -185,7 +184,7 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
     def finish_bundle(self) -> Iterator[object]:
         for version in list(self._buffers):
             for item in self._flush(version):
-                yield _in_global_window(item)
+                yield in_global_window(item)
 
     def _flush(self, version: str) -> Iterable[object]:
         docs = self._buffers.pop(version, [])
@@ -202,13 +201,6 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         return [d.document.id for d in docs]
 
 
-def _in_global_window(item: object) -> object:
-    window = GlobalWindow()
-    if isinstance(item, pvalue.TaggedOutput):
-        return pvalue.TaggedOutput(item.tag, WindowedValue(item.value, window.max_timestamp(), [window]))
-    return WindowedValue(item, window.max_timestamp(), [window])
-
-
 def _dead(doc: EmbeddedDocument, exc: Exception) -> DeadLetter:
     beam.metrics.Metrics.counter("tierembed", "dead_letters.write").inc()
     return DeadLetter(
@@ -219,8 +211,7 @@ def _dead(doc: EmbeddedDocument, exc: Exception) -> DeadLetter:
         retryable=True,
         doc_id=doc.document.id,
         source=doc.document.source,
-        payload=json.dumps({"id": doc.document.id, "text": doc.document.text,
-                            "metadata": json.loads(doc.document.metadata_json)}, ensure_ascii=False),
+        payload=document_payload(doc.document),
         tier=doc.tier.value,
         model_version=doc.model_version,
     )

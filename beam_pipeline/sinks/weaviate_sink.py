@@ -40,7 +40,6 @@ that still fails dead-letters each of its objects, retryable when the cause is t
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,9 +51,9 @@ from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.records import document_payload
+from beam_pipeline.sinks.bundles import in_global_window
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
@@ -459,7 +458,7 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
 
     def finish_bundle(self) -> Iterator[object]:
         for item in self._flush():
-            yield _in_global_window(item)
+            yield in_global_window(item)
 
     def teardown(self) -> None:
         self._telemetry.teardown()
@@ -490,13 +489,6 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         ]
 
 
-def _in_global_window(item: object) -> object:
-    window = GlobalWindow()
-    if isinstance(item, pvalue.TaggedOutput):
-        return pvalue.TaggedOutput(item.tag, WindowedValue(item.value, window.max_timestamp(), (window,)))
-    return WindowedValue(item, window.max_timestamp(), (window,))
-
-
 def _dead(doc: EmbeddedDocument, error_type: str, reason: str, retryable: bool) -> pvalue.TaggedOutput:
     beam.metrics.Metrics.counter("tierembed", "dead_letters.write").inc()
     then = ("replay with `tierembed replay`" if retryable
@@ -509,8 +501,7 @@ def _dead(doc: EmbeddedDocument, error_type: str, reason: str, retryable: bool) 
         retryable=retryable,
         doc_id=doc.document.id,
         source=doc.document.source,
-        payload=json.dumps({"id": doc.document.id, "text": doc.document.text,
-                            "metadata": json.loads(doc.document.metadata_json)}, ensure_ascii=False),
+        payload=document_payload(doc.document),
         tier=doc.tier.value,
         model_version=doc.model_version,
         extra=(("object_uuid", object_uuid(doc.document.id, doc.model_version)),),
