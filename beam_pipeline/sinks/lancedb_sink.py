@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_pipeline.records import document_payload
-from beam_pipeline.sinks.bundles import in_global_window
+from beam_pipeline.sinks.bundles import BufferedUpsert, in_global_window
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
@@ -50,7 +50,7 @@ class LanceDBSinkConfig:
         return f"{self.table_prefix}__{sanitize_identifier(model_version)}"
 
     def create_write_transform(self) -> beam.PTransform:
-        return _WriteLanceDB(self)
+        return BufferedUpsert(_WriteFn(self))
 
 
 def _schema(dim: int) -> Any:
@@ -215,15 +215,3 @@ def _dead(doc: EmbeddedDocument, exc: Exception) -> DeadLetter:
         tier=doc.tier.value,
         model_version=doc.model_version,
     )
-
-
-class _WriteLanceDB(beam.PTransform):  # type: ignore[misc]
-    def __init__(self, config: LanceDBSinkConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    def expand(self, docs: beam.PCollection[EmbeddedDocument]) -> dict[str, beam.PCollection]:
-        out = docs | "Upsert" >> beam.ParDo(_WriteFn(self.config)).with_outputs(
-            "dead_letters", main="written"
-        )
-        return {"written": out.written, "dead_letters": out.dead_letters}

@@ -53,7 +53,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_pipeline.records import document_payload
-from beam_pipeline.sinks.bundles import in_global_window
+from beam_pipeline.sinks.bundles import BufferedUpsert, in_global_window
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
@@ -146,7 +146,7 @@ class WeaviateSinkConfig:
         )
 
     def create_write_transform(self) -> beam.PTransform:
-        return _WriteWeaviate(self)
+        return BufferedUpsert(_WriteFn(self))
 
 
 def _connect(config: WeaviateSinkConfig) -> Any:
@@ -507,15 +507,3 @@ def _dead(doc: EmbeddedDocument, error_type: str, reason: str, retryable: bool) 
         extra=(("object_uuid", object_uuid(doc.document.id, doc.model_version)),),
     )
     return pvalue.TaggedOutput("dead_letters", letter)
-
-
-class _WriteWeaviate(beam.PTransform):  # type: ignore[misc]
-    def __init__(self, config: WeaviateSinkConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    def expand(self, docs: beam.PCollection[EmbeddedDocument]) -> dict[str, beam.PCollection]:
-        out = docs | "Upsert" >> beam.ParDo(_WriteFn(self.config)).with_outputs(
-            "dead_letters", main="written"
-        )
-        return {"written": out.written, "dead_letters": out.dead_letters}

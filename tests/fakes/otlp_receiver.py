@@ -22,14 +22,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["MetricPoint", "OtlpReceiver", "CUMULATIVE", "DELTA"]
 
@@ -103,31 +105,19 @@ def _metric_points(metric: Any, base: dict[str, Any]) -> list[MetricPoint]:
     return rows
 
 
-class OtlpReceiver:
+class OtlpReceiver(LoopbackServer):
     """OTLP/HTTP metrics receiver on 127.0.0.1 (an ephemeral port unless given)."""
 
     def __init__(self, port: int = 0) -> None:
         self._requests: list[ExportMetricsServiceRequest] = []
         self._lock = threading.Lock()
         self.rejected = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="otlp-receiver")
+        super().__init__(port, name="otlp-receiver")
 
     @property
     def url(self) -> str:
         """Base URL for ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``telemetry.otlp_endpoint``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.root_url
 
     # -- reading ------------------------------------------------------------------------
     @property

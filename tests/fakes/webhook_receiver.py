@@ -17,8 +17,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 __all__ = ["Notification", "WebhookReceiver"]
 
@@ -36,30 +38,18 @@ class Notification:
         return list(self.body.get("alerts", []))
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """HTTP server on 127.0.0.1 that records JSON POSTs (an ephemeral port unless given)."""
 
     def __init__(self, port: int = 0, path: str = "/alerts") -> None:
         self.path = path
         self._notes: list[Notification] = []
         self._cond = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="webhook-receiver")
+        super().__init__(port, name="webhook-receiver")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{self.path}"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{self.root_url}{self.path}"
 
     @property
     def notifications(self) -> list[Notification]:
