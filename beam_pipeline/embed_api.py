@@ -45,11 +45,12 @@ from apache_beam import pvalue
 
 from beam_pipeline.api_embedder import ApiEmbedder, ApiEmbedderConfig, ApiInput, CallFailure, EmbedOutcome
 from beam_pipeline.records import doc_payload, make_embedded
+from beam_pipeline.tagged import TaggedOutputsTransform
 from beam_pipeline.telemetry import ModelSeries, Telemetry, TelemetryContext, get_telemetry
 from beam_pipeline.validate import DEAD_LETTERS
 from tiering.ab import assign_version
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
-from tiering.documents import DeadLetter, RoutedDocument, Tier
+from tiering.documents import DeadLetter, EmbeddedDocument, RoutedDocument, Tier
 from tiering.pricing import Price, cost_usd
 
 __all__ = ["EmbedApi", "ApiBranch", "FALLBACK", "BUDGET_REASON", "BREAKER_REASON", "default_batch_tokens"]
@@ -85,6 +86,8 @@ def _counter(name: str) -> beam.metrics.metricbase.Counter:
     return beam.metrics.Metrics.counter("tierembed", name)
 
 
+@beam.typehints.with_input_types(Sequence[RoutedDocument])
+@beam.typehints.with_output_types(EmbeddedDocument, dead_letters=DeadLetter, fallback=RoutedDocument)
 class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, branch: ApiBranch) -> None:
         self._branch = branch
@@ -209,7 +212,7 @@ def default_batch_tokens(config: ApiEmbedderConfig) -> int:
     return max(config.limits.max_tokens, config.tokens_per_minute // 2)
 
 
-class EmbedApi(beam.PTransform):  # type: ignore[misc]
+class EmbedApi(TaggedOutputsTransform):
     """RoutedDocuments of one API version -> ``embedded``, ``fallback``, ``dead_letters``."""
 
     def __init__(self, branch: ApiBranch, batch_tokens: int | None = None) -> None:

@@ -21,6 +21,7 @@ from apache_beam.utils import shared
 
 from beam_pipeline.local_embedder import LoadedLocalModel, LocalModelSpec, load_local_model
 from beam_pipeline.records import doc_payload, make_embedded
+from beam_pipeline.tagged import TaggedOutputsTransform
 from beam_pipeline.validate import DEAD_LETTERS
 from tiering.chunking import aggregate_vectors
 from tiering.documents import DeadLetter, EmbeddedDocument, RoutedDocument, Tier
@@ -32,6 +33,8 @@ _SHARED_MODELS = shared.Shared()
 STAGE = "embed"
 
 
+@beam.typehints.with_input_types(Sequence[RoutedDocument])
+@beam.typehints.with_output_types(EmbeddedDocument, dead_letters=DeadLetter)
 class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, spec: LocalModelSpec, version: str) -> None:
         self._spec = spec
@@ -109,7 +112,7 @@ def _chunk_units(routed: RoutedDocument) -> int:
     return max(1, routed.scored.est_tokens // 200)
 
 
-class EmbedLocal(beam.PTransform):  # type: ignore[misc]
+class EmbedLocal(TaggedOutputsTransform):
     """RoutedDocuments -> EmbeddedDocuments (main) and dead letters."""
 
     def __init__(self, spec: LocalModelSpec, version: str, min_batch: int, max_batch: int) -> None:

@@ -26,7 +26,7 @@ from beam_pipeline.dead_letters import WriteDeadLetters, dead_letter_prefix
 from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
 from beam_pipeline.embed_local import EmbedLocal
 from beam_pipeline.local_embedder import LocalModelSpec
-from beam_pipeline.plan import PlanBudget
+from beam_pipeline.plan import ExistingHashes, PlanBudget
 from beam_pipeline.read import ReadDocuments
 from beam_pipeline.route import RouteByTier, branch_tag
 from beam_pipeline.score import ScoreDocuments
@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+# Runners that read --direct_running_mode / --direct_num_workers (FnApiRunner, the default,
+# and the DirectRunner that wraps it).
+_LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "direct")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ def worker_share(settings: TierembedSettings) -> float:
     if settings.api.worker_share is not None:
         return settings.api.worker_share
     ps = settings.pipeline
-    if ps.runner in ("DirectRunner", "direct") and ps.direct_running_mode != "in_memory":
+    if ps.runner in _LOCAL_RUNNERS and ps.direct_running_mode != "in_memory":
         workers = ps.direct_num_workers or os.cpu_count() or 1
         return 1.0 / workers
     return 1.0
@@ -179,7 +182,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
     scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
-    existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes])
+    existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes]).with_output_types(ExistingHashes)
     plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd, existing)
     routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, existing)
 
@@ -226,7 +229,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
 def pipeline_options(settings: TierembedSettings) -> PipelineOptions:
     ps = settings.pipeline
     flags = [f"--runner={ps.runner}", *ps.options]
-    if ps.runner in ("DirectRunner", "direct"):
+    if ps.runner in _LOCAL_RUNNERS:
         flags += [f"--direct_running_mode={ps.direct_running_mode}",
                   f"--direct_num_workers={ps.direct_num_workers}"]
     return PipelineOptions(flags)

@@ -30,6 +30,8 @@ def estimated_api_cost(
     return scored.est_tokens * price_per_token[version]
 
 
+@beam.typehints.with_input_types(PlanItem)
+@beam.typehints.with_output_types(BudgetPlan)
 class _PlanCombineFn(beam.CombineFn):  # type: ignore[misc]
     def __init__(self, budget_usd: float | None) -> None:
         self._budget = budget_usd
@@ -49,6 +51,8 @@ class _PlanCombineFn(beam.CombineFn):  # type: ignore[misc]
         return acc.plan()
 
 
+@beam.typehints.with_input_types(ScoredDocument, existing=ExistingHashes)
+@beam.typehints.with_output_types(PlanItem)
 class _PlanItemsFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, policy: RoutingPolicy, price_per_token: dict[str, float]) -> None:
         self._policy = policy
@@ -83,7 +87,9 @@ class PlanBudget(beam.PTransform):  # type: ignore[misc]
     def expand(self, scored: beam.PCollection[ScoredDocument]) -> beam.PCollection[BudgetPlan]:
         existing = self.existing
         if existing is None:
-            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([{}])
+            none: ExistingHashes = {}
+            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([none]).with_output_types(
+                ExistingHashes)
         return (
             scored
             | "PlanItems" >> beam.ParDo(_PlanItemsFn(self.policy, self.prices),

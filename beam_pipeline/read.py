@@ -145,6 +145,8 @@ def _csv_record(path: str, line_no: int, row: dict[str | None, Any]) -> RawRecor
 _READERS = {"jsonl": _jsonl_records, "parquet": _parquet_records, "csv": _csv_records}
 
 
+@beam.typehints.with_input_types(str)
+@beam.typehints.with_output_types(RawRecord)
 class _ReadFileFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, configured_format: str) -> None:
         self._format = configured_format
@@ -193,7 +195,7 @@ class ReadDocuments(beam.PTransform):  # type: ignore[misc]
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[RawRecord]:
         return (
             pbegin
-            | "ListFiles" >> beam.Create(self.paths)
+            | "ListFiles" >> beam.Create(self.paths).with_output_types(str)
             | "ReadFiles" >> beam.ParDo(_ReadFileFn(self.input_format))
             | "CountRead" >> beam.Map(_count_read)
         )

@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_pipeline.plan import ExistingHashes, estimated_api_cost
+from beam_pipeline.tagged import TaggedOutputsTransform
 from tiering.budget import BudgetPlan, priority_key
 from tiering.documents import RoutedDocument, ScoredDocument, Tier
 from tiering.routing import RoutingPolicy, decide_route
@@ -34,6 +35,7 @@ def branch_tags(policy: RoutingPolicy) -> list[str]:
     ]
 
 
+@beam.typehints.with_input_types(ScoredDocument, plan=BudgetPlan, existing=ExistingHashes)
 class _RouteFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, policy: RoutingPolicy, price_per_token: dict[str, float]) -> None:
         self._policy = policy
@@ -62,7 +64,7 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
             yield pvalue.TaggedOutput(branch_tag(tier, version), routed)
 
 
-class RouteByTier(beam.PTransform):  # type: ignore[misc]
+class RouteByTier(TaggedOutputsTransform):
     """Scored documents -> a dict of PCollections keyed by ``"<tier>/<version>"``."""
 
     def __init__(
@@ -82,10 +84,12 @@ class RouteByTier(beam.PTransform):  # type: ignore[misc]
         tags = branch_tags(self.policy)
         existing = self.existing
         if existing is None:
-            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([{}])
+            none: ExistingHashes = {}
+            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([none]).with_output_types(
+                ExistingHashes)
         outputs = scored | "Route" >> beam.ParDo(
             _RouteFn(self.policy, self.prices),
             plan=pvalue.AsSingleton(self.plan),
             existing=pvalue.AsSingleton(existing),
-        ).with_outputs(*tags)
+        ).with_output_types(RoutedDocument, **{tag: RoutedDocument for tag in tags}).with_outputs(*tags)
         return {tag: outputs[tag] for tag in tags}

@@ -21,6 +21,8 @@ def load_classifier(path: str | None) -> ValueClassifier:
     return ValueClassifier.load(path) if path else load_default()
 
 
+@beam.typehints.with_input_types(Document)
+@beam.typehints.with_output_types(ScoredDocument)
 class _ScoreFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, classifier_path: str | None) -> None:
         self._path = classifier_path

@@ -580,6 +580,8 @@ class SinkTelemetry:
             self._tel.flush()
 
 
+@beam.typehints.with_input_types(DeadLetter)
+@beam.typehints.with_output_types(None)
 class _RecordDeadLetterFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, ctx: TelemetryContext) -> None:
         self._ctx = ctx

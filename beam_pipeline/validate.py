@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam import pvalue
 
+from beam_pipeline.tagged import TaggedOutputsTransform
 from tiering.documents import DeadLetter, Document
 from tiering.validation import RawRecord, ValidationRules, resolve_duplicates, validate_record
 
@@ -20,6 +21,8 @@ __all__ = ["ValidateDocuments", "DEAD_LETTERS"]
 DEAD_LETTERS = "dead_letters"
 
 
+@beam.typehints.with_input_types(RawRecord)
+@beam.typehints.with_output_types(tuple[str, Document], dead_letters=DeadLetter)
 class _ValidateFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, rules: ValidationRules) -> None:
         self._rules = rules
@@ -33,6 +36,8 @@ class _ValidateFn(beam.DoFn):  # type: ignore[misc]
             yield (result.id, result)
 
 
+@beam.typehints.with_input_types(tuple[str, Iterable[Document]])
+@beam.typehints.with_output_types(Document, dead_letters=DeadLetter)
 class _ResolveDuplicatesFn(beam.DoFn):  # type: ignore[misc]
     def process(self, element: tuple[str, Iterable[Document]]) -> Iterator[object]:
         doc_id, docs = element
@@ -44,7 +49,7 @@ class _ResolveDuplicatesFn(beam.DoFn):  # type: ignore[misc]
         yield keep
 
 
-class ValidateDocuments(beam.PTransform):  # type: ignore[misc]
+class ValidateDocuments(TaggedOutputsTransform):
     """Outputs: ``documents`` (unique, valid) and ``dead_letters``."""
 
     def __init__(self, rules: ValidationRules) -> None:

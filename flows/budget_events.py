@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from flows.ledger import LedgerError, SpendLedger, SpendLine
+from store.ledger import LedgerError, SpendLedger, SpendLine
 from tiering.budget import BudgetAlert, BudgetLevel, BudgetStatus
 from tiering.report import RunReport
 from tiering.settings import BudgetSettings

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.ledger import MonthSpend, RunRecord, SpendLedger
+from store.ledger import MonthSpend, RunRecord, SpendLedger
 from tiering.budget import budget_level
 from tiering.errors import TierembedError
 from tiering.settings import BudgetSettings

@@ -24,10 +24,10 @@ from prefect.context import FlowRunContext
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
 from flows.budget_events import Emit, settle_budget
 from flows.endpoint import resolve_endpoint, settings_for_endpoint
-from flows.ledger import SpendLedger
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
 from flows.telemetry_flow import RunTelemetry
+from store.ledger import SpendLedger
 from tiering.errors import InputNotFoundError
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings

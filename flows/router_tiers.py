@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from flows.ledger import SpendLedger, SpendLine
+from store.ledger import SpendLedger, SpendLine
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
 from tiering.documents import Document
 from tiering.errors import ConfigError

@@ -30,7 +30,7 @@ from uuid import UUID
 
 from beam_pipeline.progress import RunProgress, count_records, read_progress
 from beam_pipeline.telemetry import NO_TIER, Telemetry, get_telemetry, telemetry_context
-from flows.ledger import Reservation
+from store.ledger import Reservation
 from tiering.budget import BudgetStatus
 from tiering.report import RunReport
 from tiering.settings import TierembedSettings

@@ -2,9 +2,21 @@
 # One command: set up everything the tests need, then run the whole test suite.
 # Installs Debian's Prometheus, Alertmanager and Pushgateway (promtool/amtool and the
 # end-to-end alert test) when they are missing and apt-get is usable.
+#
+#   bash scripts/test.sh             the locked versions (constraints.txt), then the tests
+#   bash scripts/test.sh --upgrade   the newest versions pyproject.toml allows, a new
+#                                    constraints.txt, then the tests: how we find the next
+#                                    breaking release before our users do. Commit the new
+#                                    lock only when this passes.
+# Any other argument goes to pytest (e.g. -k ledger, -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+setup_args=()
+pytest_args=()
+for arg in "$@"; do
+    if [ "$arg" = --upgrade ]; then setup_args+=(--upgrade); else pytest_args+=("$arg"); fi
+done
+bash scripts/setup.sh ${setup_args[@]+"${setup_args[@]}"}
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
@@ -19,4 +31,4 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -q -m "not live" "$@"
+exec .venv/bin/python -m pytest -q -m "not live" ${pytest_args[@]+"${pytest_args[@]}"}

@@ -336,7 +336,13 @@ class DeadLetterSettings(_Section):
 class PipelineSettings(_Section):
     """Apache Beam pipeline options."""
 
-    runner: str = Field("DirectRunner", description="Any Beam runner: DataflowRunner, FlinkRunner ...")
+    runner: str = Field(
+        "FnApiRunner",
+        description="Any Beam runner. The default, FnApiRunner, runs in this process (or in "
+        "direct_num_workers local processes) and never touches the network. DirectRunner in "
+        "Beam >= 2.77 first tries to start the Prism runner (a binary it downloads when online), "
+        "then falls back. For clusters: DataflowRunner, FlinkRunner, SparkRunner, PortableRunner.",
+    )
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
     direct_num_workers: int = Field(1, ge=0, le=256, description="0 = one per core.")
     options: tuple[str, ...] = Field(

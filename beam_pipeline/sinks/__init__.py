@@ -13,6 +13,7 @@ import apache_beam as beam
 
 from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig
 from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
+from beam_pipeline.tagged import TaggedOutputsTransform
 from tiering.documents import EmbeddedDocument
 
 __all__ = ["SinkConfig", "WriteEmbeddings", "LanceDBSinkConfig", "WeaviateSinkConfig"]
@@ -22,7 +23,7 @@ class SinkConfig(Protocol):
     def create_write_transform(self) -> beam.PTransform: ...
 
 
-class WriteEmbeddings(beam.PTransform):  # type: ignore[misc]
+class WriteEmbeddings(TaggedOutputsTransform):
     def __init__(self, config: SinkConfig) -> None:
         super().__init__()
         self.config = config

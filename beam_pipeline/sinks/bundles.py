@@ -9,6 +9,8 @@ from apache_beam import pvalue
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.tagged import TaggedOutputsTransform
+
 __all__ = ["BufferedUpsert", "in_global_window"]
 
 
@@ -20,7 +22,7 @@ def in_global_window(item: object) -> object:
     return WindowedValue(item, window.max_timestamp(), (window,))
 
 
-class BufferedUpsert(beam.PTransform):  # type: ignore[misc]
+class BufferedUpsert(TaggedOutputsTransform):
     """Runs a sink's writer DoFn; outputs ``written`` (document ids) and ``dead_letters``."""
 
     def __init__(self, write_fn: beam.DoFn) -> None:

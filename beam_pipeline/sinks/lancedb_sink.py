@@ -158,6 +158,8 @@ class LanceDBStore:
         ]
 
 
+@beam.typehints.with_input_types(EmbeddedDocument)
+@beam.typehints.with_output_types(str, dead_letters=DeadLetter)
 class _WriteFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, config: LanceDBSinkConfig) -> None:
         self._config = config

@@ -434,6 +434,8 @@ def _payload_bytes(doc: EmbeddedDocument) -> int:
     return len(d.text.encode("utf-8")) + len(d.metadata_json) + 4 * len(doc.vector) + 512
 
 
+@beam.typehints.with_input_types(EmbeddedDocument)
+@beam.typehints.with_output_types(str, dead_letters=DeadLetter)
 class _WriteFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, config: WeaviateSinkConfig) -> None:
         self._config = config

@@ -18,8 +18,8 @@ import pytest
 from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
 from flows.budget_events import budget_event, emit_budget_events, settle_budget
 from flows.embed import run_embedding
-from flows.ledger import SpendLedger
 from flows.reporting import render_text
+from store.ledger import SpendLedger
 from tests.conftest import SettingsFactory, api_overrides, write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer, count_tokens
 from tiering.budget import BudgetLevel, BudgetStatus

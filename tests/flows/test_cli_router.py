@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from flows.cli import app
-from flows.ledger import SpendLedger
 from flows.router_data import read_queries
+from store.ledger import SpendLedger
 from tests.conftest import write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer
 from tiering.classifier import ValueClassifier, in_holdout, load_default

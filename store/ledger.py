@@ -137,8 +137,10 @@ class RunRecord:
 
 @dataclass(frozen=True, slots=True)
 class MonthSpend:
-    """One month: billed spend, reservations of running runs, and unreconciled upper
-    bounds of failed runs. ``committed_usd`` is what a new run's budget is planned against."""
+    """One month: billed spend (every run's recorded spend, running and failed runs'
+    too), the unspent part of running runs' reservations (``reserved_usd``) and of failed
+    runs' (``unreconciled_usd``, an upper bound on what they were billed beyond what they
+    recorded). ``committed_usd`` is what a new run's budget is planned against."""
 
     month: str
     billed_usd: float
@@ -326,6 +328,26 @@ class SpendLedger:
             )
             return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
 
+    def add_spend(self, run_id: str, line: SpendLine) -> None:
+        """Add one reply's spend to ``run_id`` as it arrives (any process may call this), so
+        a run killed at any moment leaves in the ledger what it was billed. The run's
+        committed spend is the larger of its reservation and what it recorded;
+        :meth:`finish_run` later replaces the lines with the run's final figures."""
+        now = self._clock()
+        with self._write() as conn:
+            month = self._run_month(conn, run_id, now)
+            conn.execute(
+                "INSERT INTO spend (run_id, month, tier, model_version, model, documents, "
+                "billed_tokens, est_cost_usd, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, tier, model_version) DO UPDATE SET "
+                "documents = documents + excluded.documents, "
+                "billed_tokens = billed_tokens + excluded.billed_tokens, "
+                "est_cost_usd = est_cost_usd + excluded.est_cost_usd, "
+                "cost_usd = cost_usd + excluded.cost_usd",
+                (run_id, month, line.tier, line.model_version, line.model, line.documents,
+                 line.billed_tokens, line.est_cost_usd, line.cost_usd),
+            )
+
     def fail_run(self, run_id: str, error: str, *, nothing_sent: bool = False) -> RunRecord:
         """Mark ``run_id`` failed. Its reservation stays charged to the month as an
         unreconciled upper bound until :meth:`finish_run` records the real bill, unless
@@ -391,10 +413,9 @@ class SpendLedger:
                 (month,),
             ).fetchall()
             status = {
-                r["status"]: (int(r["n"]), float(r["reserved"] or 0.0))
+                r["status"]: (int(r["n"]), float(r["held"] or 0.0))
                 for r in conn.execute(
-                    "SELECT status, COUNT(*) AS n, SUM(reserved_usd) AS reserved FROM runs "
-                    "WHERE month = ? GROUP BY status",
+                    f"SELECT status, COUNT(*) AS n, SUM(held) AS held FROM ({_HELD}) GROUP BY status",
                     (month,),
                 )
             }
@@ -439,17 +460,27 @@ def _statements() -> list[str]:
     return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
 
+# Per run: what it recorded (add_spend / finish_run) and what its reservation holds beyond
+# that. A running or failed run's reservation is an upper bound on its spend, so only the
+# part not yet recorded is added to the month; a finished run holds nothing.
+_HELD = """
+SELECT r.run_id, r.status,
+       COALESCE(s.spent, 0) AS spent,
+       CASE WHEN r.status IN ('running', 'failed') THEN MAX(r.reserved_usd - COALESCE(s.spent, 0), 0)
+            ELSE 0 END AS held
+FROM runs r LEFT JOIN (SELECT run_id, SUM(cost_usd) AS spent FROM spend GROUP BY run_id) s
+  ON s.run_id = r.run_id
+WHERE r.month = ?
+"""
+
+
 def _committed(conn: sqlite3.Connection, month: str, *, exclude_run: str) -> float:
-    billed = conn.execute(
-        "SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE month = ? AND run_id != ?",
-        (month, exclude_run),
-    ).fetchone()[0]
-    held = conn.execute(
-        "SELECT COALESCE(SUM(reserved_usd), 0) FROM runs WHERE month = ? AND run_id != ? "
-        "AND status IN ('running', 'failed')",
-        (month, exclude_run),
-    ).fetchone()[0]
-    return float(billed) + float(held)
+    """Everything recorded this month plus the unrecorded part of every open reservation,
+    other than ``exclude_run``'s."""
+    row = conn.execute(
+        f"SELECT COALESCE(SUM(spent + held), 0) FROM ({_HELD}) WHERE run_id != ?", (month, exclude_run)
+    ).fetchone()
+    return float(row[0])
 
 
 def _run_record(row: sqlite3.Row) -> RunRecord:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.ledger import LedgerError, SpendLedger, SpendLine, month_of
+from store.ledger import LedgerError, SpendLedger, SpendLine, month_of
 
 JAN = datetime(2026, 1, 31, 23, 59, tzinfo=UTC)
 
@@ -63,7 +63,7 @@ def test_ledger_uses_wal_and_survives_a_restart(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # A new process (a restart) reads the same month-to-date and plans against it.
     code = (
-        "from datetime import datetime, timezone; from flows.ledger import SpendLedger; "
+        "from datetime import datetime, timezone; from store.ledger import SpendLedger; "
         f"l = SpendLedger({str(path)!r}, clock=lambda: datetime(2026, 1, 15, tzinfo=timezone.utc)); "
         "g = l.begin_run('r2', per_run_usd=None, monthly_usd=5.0); print(g.month_to_date_usd, g.budget_usd)"
     )
@@ -230,7 +230,7 @@ def test_budget_status_shows_month_to_date_per_model_and_runs(
 
 
 def test_reconcile_replaces_a_failed_runs_reservation_with_its_real_bill(tmp_path: Path) -> None:
-    from flows.ledger import LedgerError
+    from store.ledger import LedgerError
 
     ledger = SpendLedger(tmp_path / "l.sqlite", clock=lambda: JAN)
     ledger.begin_run("dead", per_run_usd=None, monthly_usd=10.0)  # reserves all 10
@@ -243,3 +243,24 @@ def test_reconcile_replaces_a_failed_runs_reservation_with_its_real_bill(tmp_pat
     assert ledger.begin_run("after", per_run_usd=None, monthly_usd=10.0).budget_usd == pytest.approx(8.5)
     with pytest.raises(LedgerError, match="not in the ledger"):
         ledger.reconcile_run("nope", 0.0)
+
+
+def test_spend_recorded_as_replies_arrive_counts_once_against_the_reservation(tmp_path: Path) -> None:
+    ledger = SpendLedger(tmp_path / "l.sqlite", clock=Clock(JAN))
+    ledger.begin_run("r1", per_run_usd=1.0, monthly_usd=10.0)
+    ledger.add_spend("r1", _api(0.2, tokens=40))
+    ledger.add_spend("r1", _api(0.1, tokens=20))
+    live = ledger.month_spend()
+    assert live.billed_usd == pytest.approx(0.3) and live.reserved_usd == pytest.approx(0.7)
+    assert live.committed_usd == pytest.approx(1.0)  # never reservation + spend
+    assert ledger.run_lines("r1")[0].billed_tokens == 60
+    # a run killed here: failed, its recorded spend billed, the rest an upper bound
+    ledger.fail_run("r1", "killed")
+    dead = ledger.month_spend()
+    assert dead.billed_usd == pytest.approx(0.3) and dead.unreconciled_usd == pytest.approx(0.7)
+    # a run that spends more than it reserved (estimate error) is charged what it spent
+    ledger.begin_run("r2", per_run_usd=0.1, monthly_usd=10.0)
+    ledger.add_spend("r2", _api(0.25))
+    assert ledger.month_spend().committed_usd == pytest.approx(1.0 + 0.25)
+    ledger.finish_run("r2", [_api(0.25)])
+    assert ledger.month_spend().billed_usd == pytest.approx(0.55)
