@@ -139,35 +139,52 @@ def _report_from_dict(d: dict) -> "object":
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
+    query: Annotated[list[str], typer.Argument(help="What to look for, in plain words. Several queries "
+                                               "(or '-' to read one per line from stdin) share one "
+                                               "process: models load once.")],
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of results.")] = 5,
     version: Annotated[Optional[str], typer.Option(
         help="Search one model version only (default: every version in the store, fused).")] = None,
+    fusion: Annotated[Optional[str], typer.Option(
+        help="zscore (calibrated, default) | rrf | platt; overrides search.fusion.")] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Search the embedded store: embeds QUERY with each model version in use and fuses
-    the per-version rankings (never raw scores across models)."""
+    """Search the embedded store: embeds QUERY with each model version in use, searches each
+    version in its own space and fuses the results with calibrated scores (never raw scores
+    across models). Paid query embeddings are recorded in the spend ledger."""
     _setup_logging(False)
-    from flows.search import search_store
+    from flows.search import open_searcher
     from tiering.settings import load_settings
 
+    queries = [line.strip() for line in sys.stdin if line.strip()] if query == ["-"] else query
+    results = []
     try:
         settings = load_settings(config)
-        hits = search_store(settings, query, k=k, only_version=version)
-    except TierembedError as exc:
+        with open_searcher(settings, method=fusion, only_version=version) as searcher:
+            for text in queries:
+                results.append((text, searcher.search(text, k)))
+    except (TierembedError, ValueError) as exc:
         _fail(exc)
         return
     if as_json:
-        typer.echo(json.dumps([h.__dict__ for h in hits], indent=2))
+        payload = [{"query": q, "hits": [h.__dict__ for h in hits]} for q, hits in results]
+        typer.echo(json.dumps(payload if len(payload) > 1 else payload[0]["hits"], indent=2))
         return
+    for text, hits in results:
+        if len(results) > 1:
+            typer.echo(f"query: {text}")
+        _print_hits(hits)
+
+
+def _print_hits(hits: list) -> None:
     if not hits:
         typer.echo("no results: the store is empty; run `tierembed run SOURCE` first")
         return
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(hit.text.split())[:140]
-        where = ", ".join(f"{v} #{r}" for v, r in hit.versions.items())
-        typer.echo(f"{rank:>2}. {hit.id:<16} rrf={hit.fused:.4f}  ({where})\n    {snippet}")
+        where = ", ".join(f"{v} #{hit.ranks[v]}" if v in hit.ranks else f"{v} -" for v in hit.scores)
+        typer.echo(f"{rank:>2}. {hit.id:<16} {hit.method}={hit.fused:.4f}  ({where})\n    {snippet}")
 
 
 @app.command()

@@ -37,6 +37,7 @@ __all__ = [
     "BreakerSettings",
     "RoutingRule",
     "RoutingSettings",
+    "SearchSettings",
     "BudgetSettings",
     "LanceDBSettings",
     "WeaviateSettings",
@@ -268,16 +269,58 @@ class RoutingSettings(_Section):
     """How documents are assigned to tiers."""
 
     mode: Literal["exclusive", "coverage"] = Field(
-        "exclusive",
-        description="'exclusive': one tier per document; 'coverage': every document gets the "
-        "local vector and the valuable ones also the API vector.",
+        "coverage",
+        description="'coverage' (default): every document gets the local vector and the most "
+        "valuable per dollar also the API vector, so one space is complete and search fuses both "
+        "(measured best; see README 'Mixed embedding spaces'); 'exclusive': one tier per document "
+        "(cheaper in local compute, lower quality: relevant documents in neither space's top lose).",
     )
     api_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Documents scoring at least this go to the API tier."
+        0.7, ge=0.0, le=1.0,
+        description="Without a budget, documents scoring at least this go to the API tier (with the "
+        "shipped classifier scores are rank-normalised within the run, so 0.7 = the top 30%). With "
+        "a budget and the shipped classifier the threshold is not used: the budget plan admits the "
+        "best value per dollar until the budget is spent.",
+    )
+    score_normalization: Literal["auto", "rank", "none"] = Field(
+        "auto",
+        description="'rank': a document's score becomes its rank share within the run (quantiles "
+        "of the run's raw scores), so scores spread over [0, 1] on any corpus; 'none': the "
+        "classifier's own score; 'auto': 'rank' for the shipped classifier, 'none' for a trained "
+        "one (classifier_path), whose scores are calibrated on its training labels.",
     )
     rules: tuple[RoutingRule, ...] = Field(default_factory=tuple)
     classifier_path: str | None = Field(
         None, description="A trained router model (JSON); None uses the shipped default."
+    )
+
+
+class SearchSettings(_Section):
+    """How search and eval fuse the model versions of the store (see tiering/fusion.py)."""
+
+    fusion: Literal["zscore", "rrf", "platt"] = Field(
+        "zscore",
+        description="'zscore' (default): each version's scores as z-scores against a reference "
+        "sample of the corpus, averaged over the versions holding a document; 'platt': the same "
+        "z-scores through per-version logistic curves fitted on labelled queries "
+        "(`tierembed eval --fit-platt`, see platt_path); 'rrf': reciprocal-rank fusion (k=60).",
+    )
+    reference_size: int = Field(
+        512, ge=16, le=100_000,
+        description="Documents in the calibration reference sample (the same documents for every "
+        "version; an API version embeds those it does not hold once, paid and recorded).",
+    )
+    candidates: int = Field(
+        100, ge=10, le=10_000,
+        description="Documents taken from each version's own search before fusing (exact scores of "
+        "every candidate are then read from every version holding it).",
+    )
+    calibration_dir: str = Field(
+        ".tierembed/calibration", description="Where the reference samples are kept (one .npz per version)."
+    )
+    platt_path: str | None = Field(
+        None, description="Per-version Platt curves (JSON from `tierembed eval --fit-platt`); needed by "
+        "fusion 'platt'."
     )
 
 
@@ -413,6 +456,7 @@ class TierembedSettings(BaseSettings):
     local: LocalTierSettings = Field(default_factory=LocalTierSettings)
     api: ApiTierSettings = Field(default_factory=ApiTierSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
