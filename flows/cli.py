@@ -187,6 +187,62 @@ def _print_hits(hits: list) -> None:
         typer.echo(f"{rank:>2}. {hit.id:<16} {hit.method}={hit.fused:.4f}  ({where})\n    {snippet}")
 
 
+@app.command("eval")
+def eval_command(
+    queries: Annotated[Path, typer.Option("--queries", help="Labelled queries, JSONL: {\"id\", \"text\"}.")],
+    qrels: Annotated[Path, typer.Option("--qrels", help="Relevance judgements, TREC format: "
+                                        "'query 0 doc grade' per line.")],
+    budget_share: Annotated[Optional[list[float]], typer.Option(
+        "--budget-share", min=0.0, max=1.0, help="Tiered what-ifs at this share of the all-premium "
+        "cost estimate (repeatable; default 0.1, 0.3, 0.5).")] = None,
+    embed_missing: Annotated[bool, typer.Option(
+        help="Embed the documents a version does not hold (for the what-if policies) into the eval "
+        "cache; the estimated cost is shown first.")] = False,
+    max_cost: Annotated[float, typer.Option(min=0.0, help="Refuse to send more than this estimated "
+                                            "API spend (USD), queries included.")] = 1.0,
+    fusion: Annotated[Optional[list[str]], typer.Option(
+        help="Fusion methods to compare (repeatable): zscore, rrf, platt (platt curves are fitted on "
+        "these same queries: in-sample). Default: zscore and rrf.")] = None,
+    fit_platt: Annotated[Optional[Path], typer.Option(
+        help="Fit per-version Platt curves on these queries and save them here (search.platt_path).")] = None,
+    chart: Annotated[Optional[Path], typer.Option(help="Write a PNG chart of quality against cost.")] = Path(
+        ".tierembed/eval.png"),
+    local_version: Annotated[Optional[str], typer.Option(help="Local version (default: the first).")] = None,
+    api_version: Annotated[Optional[str], typer.Option(help="API version (default: the first).")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Where embedded what-if documents and queries are "
+                                            "kept.")] = Path(".tierembed/eval-cache"),
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Measure search quality on a labelled query set: per version, the fused index as
+    stored, and what-if policies (all-local, all-premium, tiered at a budget, each fusion
+    method) on the same documents, with cost and paired bootstrap 95% CIs against all-local."""
+    _setup_logging(False)
+    from flows.eval import EvalOptions, evaluate_store
+    from flows.eval_report import render_table, write_chart
+    from tiering.fusion import FusionMethod
+    from tiering.settings import load_settings
+
+    try:
+        methods = tuple(FusionMethod(m) for m in (fusion or ["zscore", "rrf"]))
+        opts = EvalOptions(queries, qrels, tuple(budget_share or (0.1, 0.3, 0.5)), embed_missing, max_cost,
+                           methods, local_version, api_version, cache_dir, fit_platt, resamples)
+        report = evaluate_store(load_settings(config), opts,
+                                echo=lambda m: typer.echo(m, err=True))
+    except (TierembedError, ValueError) as exc:
+        _fail(exc)
+        return
+    if chart is not None:
+        write_chart(report, chart)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    typer.echo(render_table(report))
+    if chart is not None:
+        typer.echo(f"chart: {chart}")
+
+
 @app.command()
 def replay(
     dead_letters: Annotated[Path, typer.Argument(help="A dead-letter JSONL file or a run's "

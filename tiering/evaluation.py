@@ -56,6 +56,9 @@ class EvalSpace:
     version: str
     docs: FloatMatrix
     queries: FloatMatrix
+    reference: FloatMatrix | None = None
+    """The version's calibration reference vectors (as search uses them); None: the rows
+    ``EvalCorpus.reference`` of ``docs``."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,10 @@ def calibrated_scores(space: EvalSpace, reference: npt.NDArray[np.int64]) -> npt
     """Per-query z-scores of every document in one version's space (queries x documents),
     against the query's scores on the reference sample."""
     raw = (space.queries @ space.docs.T).astype(np.float64)
-    ref = raw[:, reference]
+    if space.reference is not None:
+        ref = (space.queries @ space.reference.T).astype(np.float64)
+    else:
+        ref = raw[:, reference]
     mean = ref.mean(axis=1, keepdims=True)
     std = np.maximum(ref.std(axis=1, keepdims=True), 1e-6)
     z: npt.NDArray[np.float64] = (raw - mean) / std
