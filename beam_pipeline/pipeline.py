@@ -26,6 +26,7 @@ from beam_pipeline.dead_letters import WriteDeadLetters, dead_letter_prefix
 from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
 from beam_pipeline.embed_local import EmbedLocal
 from beam_pipeline.local_embedder import LocalModelSpec
+from beam_pipeline.normalize import NormalizeScores
 from beam_pipeline.plan import ExistingHashes, PlanBudget
 from beam_pipeline.read import ReadDocuments
 from beam_pipeline.route import RouteByTier, branch_tag
@@ -36,6 +37,7 @@ from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
 from tiering.backoff import BackoffPolicy
 from tiering.documents import Tier
 from tiering.errors import ConfigError
+from tiering.normalization import uses_rank_normalization
 from tiering.packing import RequestLimits
 from tiering.pricing import Price, price_for
 from tiering.routing import RoutingPolicy, policy_from_settings
@@ -169,12 +171,17 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
     return ApiBranch(model.version, cfg, price, api.breaker.on_open, local_versions)
 
 
+def _budget_decides(spec: PipelineSpec) -> bool:
+    """A budget and no trained router: the plan spends the budget by value per dollar."""
+    return spec.budget_usd is not None and spec.settings.routing.classifier_path is None
+
+
 def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     """Construct the whole graph on ``p`` (no model is loaded here)."""
     s = spec.settings
     rules = ValidationRules(s.input.id_field, s.input.text_field, s.input.metadata_field,
                             s.input.max_text_chars)
-    policy = routing_policy(s)
+    policy = replace(routing_policy(s), budget_decides=_budget_decides(spec))
     prices = api_prices(s)
     per_token = {v: float(pr.per_token) for v, pr in prices.items()}
     telemetry = telemetry_context(s, spec.run_id, spec.api.provider)
@@ -182,6 +189,8 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
     scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
+    if uses_rank_normalization(s.routing.score_normalization, s.routing.classifier_path):
+        scored = scored | "NormalizeScores" >> NormalizeScores()
     existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes]).with_output_types(ExistingHashes)
     plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd, existing)
     routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, existing)

@@ -63,6 +63,8 @@ class ScoredDocument:
     document: Document
     score: float
     est_tokens: int
+    raw_score: float | None = None
+    """The classifier's own score when ``score`` was rank-normalised within the run."""
 
 
 @dataclass(frozen=True, slots=True)

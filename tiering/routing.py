@@ -2,7 +2,10 @@
 
 Order of decisions: declared rules (a metadata field forces a tier), then the value score
 against the threshold, then the budget plan (a document above the threshold that the plan
-does not admit goes to the local tier). In coverage mode every document also gets the local
+does not admit goes to the local tier). With a budget and the shipped classifier there is no
+threshold (``RoutingPolicy.budget_decides``): every document wants the API tier and the plan
+admits the best value per dollar until the budget is spent, so a budget is never left unused.
+In coverage mode every document also gets the local
 vector. The model version inside a tier comes from the stable A/B split.
 """
 
@@ -37,6 +40,9 @@ class RoutingPolicy:
     rules: tuple[Rule, ...]
     local_versions: tuple[tuple[str, float], ...]
     api_versions: tuple[tuple[str, float], ...]
+    budget_decides: bool = False
+    """A budget with the shipped classifier: every document wants the API tier and the budget
+    plan admits the best value per dollar until the budget is spent (no threshold)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,8 @@ def wanted_tier(doc: Document, score: float, policy: RoutingPolicy) -> tuple[Tie
         for rule in policy.rules:
             if rule.matches(metadata):
                 return rule.tier, f"rule {rule.field}={rule.equals!r}"
+    if policy.budget_decides:
+        return Tier.API, f"score {score:.3f}; the budget plan decides (value per dollar)"
     if score >= policy.api_threshold:
         return Tier.API, f"score {score:.3f} >= threshold {policy.api_threshold:.2f}"
     return Tier.LOCAL, f"score {score:.3f} < threshold {policy.api_threshold:.2f}"

@@ -11,7 +11,7 @@ from tiering.settings import load_settings
 
 def test_defaults_load_and_are_frozen() -> None:
     s = load_settings()
-    assert s.sink.kind == "lancedb" and s.routing.mode == "exclusive"
+    assert s.sink.kind == "lancedb" and s.routing.mode == "coverage"
     with pytest.raises(ValidationError, match="frozen"):
         s.routing.api_threshold = 0.1  # type: ignore[misc]
 
