@@ -38,6 +38,7 @@ from tiering.classifier import LabeledExample, TrainingDataError, ValueClassifie
 from tiering.documents import Document, Tier
 from tiering.errors import ConfigError, TierembedError
 from tiering.gain_labels import render_gain_summary, sample_documents
+from tiering.normalization import rank_normalize, uses_rank_normalization
 from tiering.routing import policy_from_settings, wanted_tier
 from tiering.settings import InputSettings, TierembedSettings
 from tiering.validation import RawRecord, ValidationRules, validate_record
@@ -204,7 +205,30 @@ def explain_command(
         _fail(exc)
         return
     explanation = clf.explain(doc)
-    tier, reason = wanted_tier(doc, explanation.score, policy_from_settings(settings))
+    score = explanation.score
     typer.echo(explanation.render())
+    if uses_rank_normalization(settings.routing.score_normalization, path):
+        score = _explain_rank(doc, explanation.score, source, clf, rules)
+    tier, reason = wanted_tier(doc, score, policy_from_settings(settings))
     after = "; the budget plan may still move it to local" if tier is Tier.API else ""
-    typer.echo(f"  routing: {tier.value} tier ({reason}){after}")
+    typer.echo(f"  routing: {tier.value} tier ({reason}){after}; with a budget and the shipped "
+               "classifier the plan admits the best value per dollar instead of using the threshold")
+
+
+def _explain_rank(doc: Document, raw: float, source: Path | None, clf: ValueClassifier,
+                  rules: ValidationRules) -> float:
+    """Print (and return) the score routing uses: the rank share of ``raw`` within the run
+    (routing.score_normalization), here within SOURCE's documents."""
+    if source is None:
+        typer.echo(f"  routing score: rank-normalised within each run (routing.score_normalization); "
+                   f"the raw score {raw:.3f} alone says nothing; give a SOURCE to see its rank")
+        return raw
+    docs = read_documents(source, rules)
+    scores = clf.score_many(docs)
+    shares = rank_normalize(scores)
+    mine = shares[[d.id for d in docs].index(doc.id)]
+    low, high = min(scores), max(scores)
+    typer.echo(f"  routing score {mine:.3f}: rank share of the raw score {raw:.3f} among the {len(docs)} "
+               f"documents of {source} (raw scores span {low:.3f}..{high:.3f}; "
+               "routing.score_normalization 'rank')")
+    return mine

@@ -137,11 +137,11 @@ def _entry(path: str) -> tuple[str, str, str] | None:
         if para.startswith("-") or para.startswith("For more examples"):
             break  # an option list or a pointer: the entry is the prose before it
         words += para.split()
-        if len(words) >= 40:
+        if len(words) >= 30:
             break
     if len(summary.split()) < 3 or len(words) < 12:
         return None
-    return command, summary, " ".join(words[:90])
+    return command, summary, " ".join(words[:60])
 
 
 def build(out: Path, max_docs: int, query_share: float) -> None:
@@ -151,7 +151,7 @@ def build(out: Path, max_docs: int, query_share: float) -> None:
                    and Path(p).is_file() and not Path(p).is_symlink()
                    and not re.search(r"_(alpha|beta|preview)_", p))  # pre-release copies of GA pages
     pages.sort(key=lambda p: _stable("page:" + p))
-    pages = pages[: max_docs * 2]
+    pages = pages[: max_docs * 5]
     entries = [_entry(p) for p in pages]
     docs, seen_text = [], set()
     for page, entry in zip(pages, entries, strict=True):
@@ -212,8 +212,8 @@ def _sources(out: Path, docs: list[dict], n_queries: int, n_qrels: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    parser.add_argument("--max-docs", type=int, default=2000)
-    parser.add_argument("--query-share", type=float, default=0.2)
+    parser.add_argument("--max-docs", type=int, default=1000)
+    parser.add_argument("--query-share", type=float, default=0.3)
     args = parser.parse_args()
     build(args.out, args.max_docs, args.query_share)
 
