@@ -23,16 +23,28 @@ import numpy as np
 
 from store.ledger import SpendLedger, SpendLine
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
+from tiering.classifier import ValueClassifier, in_holdout
 from tiering.documents import Document
 from tiering.errors import ConfigError
-from tiering.gain_labels import FloatMatrix, GainLabel, Query, derive_gain_labels
+from tiering.evaluation import (
+    EvalCorpus,
+    EvalSpace,
+    Policy,
+    calibrated_scores,
+    evaluate_policy,
+    reference_indices,
+)
+from tiering.fusion import FusionMethod
+from tiering.gain_labels import FloatMatrix, GainLabel, Query, fused_gain_labels, fused_gains
+from tiering.normalization import rank_normalize
+from tiering.policies import PolicyInputs, premium_selection
 from tiering.pricing import Price, cost_usd, price_for
 from tiering.settings import ApiModelSettings, LocalModelSettings, TierembedSettings
 
 if TYPE_CHECKING:
     from beam_pipeline.pipeline import ResolvedApi
 
-__all__ = ["api_estimate_usd", "derive_with_real_tiers"]
+__all__ = ["api_estimate_usd", "derive_with_real_tiers", "TrainingVectors", "holdout_report"]
 
 
 class _Versioned(Protocol):
@@ -203,13 +215,84 @@ def _record_failure(run: _PaidRun, api_tier: _ApiTier | None, exc: BaseException
 # ------------------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class TrainingVectors:
+    """The sample and queries embedded by both tiers, and which queries are held out."""
+
+    docs: tuple[Document, ...]
+    queries: tuple[Query, ...]
+    local: EvalSpace
+    api: EvalSpace
+    holdout: tuple[bool, ...]
+    price_per_token: float
+
+    def corpus(self, held_out: bool) -> EvalCorpus:
+        ids = tuple(d.id for d in self.docs)
+        qids = tuple(q.id for q, h in zip(self.queries, self.holdout, strict=True) if h == held_out)
+        qrels = {q.id: {d: int(round(g)) or 1 for d, g in q.judgements} for q in self.queries}
+        return EvalCorpus(ids, qids, qrels, reference_indices(ids, 512))
+
+    def rows(self, held_out: bool) -> list[int]:
+        return [i for i, h in enumerate(self.holdout) if h == held_out]
+
+
+def _space(space: EvalSpace, rows: list[int]) -> EvalSpace:
+    return EvalSpace(space.version, space.docs, space.queries[rows], space.reference)
+
+
+def _fused_labels(vectors: TrainingVectors) -> list[GainLabel]:
+    train = vectors.rows(held_out=False)
+    corpus = vectors.corpus(held_out=False)
+    z_local = calibrated_scores(_space(vectors.local, train), corpus.reference)
+    z_api = calibrated_scores(_space(vectors.api, train), corpus.reference)
+    index = {d.id: i for i, d in enumerate(vectors.docs)}
+    grades = np.zeros(z_local.shape)
+    for row, qi in enumerate(train):
+        for doc_id, grade in vectors.queries[qi].judgements:
+            if doc_id in index:
+                grades[row, index[doc_id]] = grade
+    gains, touched = fused_gains(z_local, z_api, grades)
+    return fused_gain_labels([d.id for d in vectors.docs], gains, touched)
+
+
+def holdout_report(vectors: TrainingVectors, trained: ValueClassifier, current: ValueClassifier,
+                   share: float = 0.3) -> str:
+    """nDCG@10 on the held-out queries, within the sample, of coverage at ``share`` of the
+    all-premium cost with the current router (rank-normalised) and with the trained one."""
+    rows = vectors.rows(held_out=True)
+    if not rows:
+        return "held-out queries: none (raise --holdout)"
+    corpus = vectors.corpus(held_out=True)
+    spaces = [_space(vectors.local, rows), _space(vectors.api, rows)]
+    ids = tuple(d.id for d in vectors.docs)
+    costs = tuple(estimate_tokens(d.text) * vectors.price_per_token for d in vectors.docs)
+    n = len(ids)
+    lines = [f"held-out retrieval ({len(rows)} queries, {n} sampled documents, coverage, calibrated fusion):"]
+    every, none = np.ones(n, bool), np.zeros(n, bool)
+    v_local, v_api = vectors.local.version, vectors.api.version
+    ends = (("all-local", {v_local: every, v_api: none}), ("all-premium", {v_local: none, v_api: every}))
+    for name, holds in ends:
+        res = evaluate_policy(spaces, corpus, Policy(name, holds, FusionMethod.ZSCORE))
+        lines.append(f"  {name:<28} nDCG@10 {res.mean('nDCG@10'):.4f}")
+    for label, clf in (("current router", current), ("trained router", trained)):
+        scores = tuple(rank_normalize(clf.score_many(vectors.docs)))
+        chosen = premium_selection(PolicyInputs(ids, scores, costs, v_local, v_api), share * sum(costs))
+        policy = Policy(label, {v_local: every, v_api: chosen}, FusionMethod.ZSCORE)
+        res = evaluate_policy(spaces, corpus, policy)
+        lines.append(f"  {label + f' @{share:.0%} cost':<28} nDCG@10 {res.mean('nDCG@10'):.4f} "
+                     f"({int(chosen.sum())} premium)")
+    return "\n".join(lines)
+
+
 def derive_with_real_tiers(
     settings: TierembedSettings, sample: list[Document], queries: list[Query], *,
     max_cost: float, local_version: str | None, api_version: str | None, min_gain: float,
-    echo: Callable[[str], None],
-) -> list[GainLabel]:
-    """Gain labels for ``sample`` from the configured local and API models, within budget;
-    raises ConfigError (nothing sent) when the estimated API spend is over it."""
+    echo: Callable[[str], None], holdout: float = 0.25, seed: int = 0,
+) -> tuple[list[GainLabel], TrainingVectors]:
+    """Fused-index gain labels for ``sample`` (what each document's premium vector does to
+    the calibrated coverage index on the training queries), within budget; raises
+    ConfigError (nothing sent) when the estimated API spend is over it. Queries are split
+    by a hash of their id: the held-out ones never label anything (see holdout_report)."""
     import openai
 
     from flows.endpoint import resolve_endpoint
@@ -217,21 +300,28 @@ def derive_with_real_tiers(
     model = _pick(settings.api.models, api_version, "api")
     price = price_for(model.model, model.price_per_million_tokens)
     estimate = api_estimate_usd(sample, queries, float(price.per_token))
+    echo(f"training cost: embedding {len(sample)} documents and {len(queries)} queries with {model.version} "
+         f"is estimated at ${estimate:.6f} (--max-cost ${max_cost:.6f}); checking before sending")
     run = _begin_paid_run(settings, model, len(sample), len(queries), estimate, max_cost, price)
-    echo(f"embedding {len(sample)} documents and {len(queries)} queries with both tiers "
-         f"(API {model.version}, estimated ${estimate:.6f})")
     local = _LocalTier(settings, local_version)
     api_tier: _ApiTier | None = None
+    texts, q_texts = [d.text for d in sample], [q.text for q in queries]
     try:
         with resolve_endpoint(settings.api) as ep:
             client, api_tier = _open_api_tier(openai.OpenAI, ep, settings, model)
-            labels = derive_gain_labels(sample, queries, local, api_tier, min_gain=min_gain)
+            spaces = [EvalSpace(tier.version if hasattr(tier, "version") else model.version,
+                                tier.embed_documents(texts), tier.embed_queries(q_texts))
+                      for tier in (local, api_tier)]
             client.close()
     except BaseException as exc:
         _record_failure(run, api_tier, exc)
         raise
     billed = api_tier.billed_tokens if api_tier else 0
     _record_spend(run, len(sample), billed)
-    echo(f"API tier billed {billed} tokens (${cost_usd(billed, price):.6f}), recorded in the spend "
-         f"ledger as {run.run_id}")
-    return labels
+    echo(f"API tier billed {billed} tokens (${cost_usd(billed, price):.6f} of ${estimate:.6f} estimated, "
+         f"--max-cost ${max_cost:.6f}), recorded in the spend ledger as {run.run_id}")
+    held = tuple(in_holdout(q.id, holdout_fraction=holdout, seed=seed) for q in queries)
+    vectors = TrainingVectors(tuple(sample), tuple(queries), spaces[0],
+                              EvalSpace(model.version, spaces[1].docs, spaces[1].queries), held,
+                              float(price.per_token))
+    return _fused_labels(vectors), vectors

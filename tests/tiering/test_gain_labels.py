@@ -149,6 +149,31 @@ def test_judged_documents_outside_the_sample_get_no_label() -> None:
 def test_gain_summary_counts_wins_and_the_mean_gain() -> None:
     labels = [GainLabel("a", 1.0, 0.25, 1, 3.0, 1.0), GainLabel("b", 0.0, -0.05, 2, 1.0, 2.0)]
     assert render_gain_summary(labels, 3) == (
-        "derived gain labels for 2 judged documents from 3 queries: 1 ranked better by the premium "
-        "tier (target >= 0.5), 1 not; mean discounted-rank gain +0.1000")
-    assert render_gain_summary([], 0).endswith("0 not; mean discounted-rank gain +0.0000")
+        "derived gain labels for 2 documents from 3 training queries: 1 improve the fused index with "
+        "a premium vector (target >= 0.5), 1 not; mean gain +0.1000")
+    assert render_gain_summary([], 0).endswith("0 not; mean gain +0.0000")
+
+
+def test_fused_gain_rewards_lifting_a_relevant_document_and_demoting_an_irrelevant_one() -> None:
+    import numpy as np
+
+    from tiering.gain_labels import fused_gain_labels, fused_gains
+
+    # one query, 20 documents; local z-scores put irrelevant d0 first and relevant d5 at 12th
+    z_local = np.linspace(3.0, -1.0, 20)[None, :].copy()
+    z_local[0, 5] = z_local[0, 11] - 0.01
+    z_premium = z_local.copy()
+    z_premium[0, 5] = 6.0   # premium knows d5 answers the query
+    z_premium[0, 0] = -3.0  # and that d0 does not
+    grades = np.zeros((1, 20))
+    grades[0, 5] = 1.0
+    gains, touched = fused_gains(z_local, z_premium, grades)
+    assert gains[5] > 0 and touched[5] == 1       # d5 enters the top 10
+    assert gains[0] == 0.0                         # d5 was outside the top 10: demoting d0 alone changes nothing
+    assert (gains[[1, 2, 3, 4]] == 0).all()       # same scores in both spaces: no change
+    labels = fused_gain_labels([f"d{i}" for i in range(20)], gains, touched)
+    assert [x.doc_id for x in labels if x.target == 1.0] == ["d5"]
+    # with d5 already in the top 10, pushing irrelevant d0 out lifts d5: d0 gains too
+    z_local[0, 5] = 2.0
+    gains, _ = fused_gains(z_local, z_premium, grades)
+    assert gains[0] > 0
