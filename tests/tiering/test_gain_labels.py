@@ -169,7 +169,7 @@ def test_fused_gain_rewards_lifting_a_relevant_document_and_demoting_an_irreleva
     grades[0, 5] = 1.0
     gains, touched = fused_gains(z_local, z_premium, grades)
     assert gains[5] > 0 and touched[5] == 1       # d5 enters the top 10
-    assert gains[0] == 0.0                         # d5 was outside the top 10: demoting d0 alone changes nothing
+    assert gains[0] == 0.0  # d5 stays outside the top 10: demoting d0 alone changes nothing
     assert (gains[[1, 2, 3, 4]] == 0).all()       # same scores in both spaces: no change
     labels = fused_gain_labels([f"d{i}" for i in range(20)], gains, touched)
     assert [x.doc_id for x in labels if x.target == 1.0] == ["d5"]

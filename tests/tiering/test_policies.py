@@ -25,7 +25,8 @@ def test_a_trained_routers_threshold_still_applies_under_a_budget() -> None:
 
 
 def test_what_if_policies_cover_all_local_all_premium_and_tiered_shapes() -> None:
-    policies = {p.name: p for p in what_if_policies(_inputs(), [0.3], [FusionMethod.ZSCORE, FusionMethod.RRF])}
+    methods = [FusionMethod.ZSCORE, FusionMethod.RRF]
+    policies = {p.name: p for p in what_if_policies(_inputs(), [0.3], methods)}
     assert set(policies) == {"all-local", "all-premium", "coverage @30%, zscore", "exclusive @30%, zscore",
                              "coverage @30%, rrf", "exclusive @30%, rrf"}
     cov, exc = policies["coverage @30%, zscore"], policies["exclusive @30%, zscore"]
