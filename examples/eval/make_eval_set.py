@@ -84,7 +84,11 @@ def _licence(package: str) -> str | None:
 
 _ROFF_ESCAPES = ((r"\\f\(..|\\f\[[^]]*\]|\\f.", ""), (r"\\\(em|\\\(en", "-"), (r"\\-", "-"),
                  (r"\\e", "\\\\"), (r"\\\(aq", "'"), (r"\\\(lq|\\\(rq|\\\(dq", '"'),
-                 (r"\\&|\\%|\\:|\\/|\\,|\\\^|\\\||\\c", ""), (r"\\ ", " "), (r"\\\*\(..|\\\*.", ""), (r"\\s[-+]?\d", ""))
+                 (r"\\&|\\%|\\:|\\/|\\,|\\\^|\\\||\\c", ""), (r"\\ ", " "),
+                 (r"\\\*\(..|\\\*.", ""), (r"\\s[-+]?\d", ""))
+
+
+_BREAKS = (".PP", ".P", ".LP", ".TP", ".IP", ".RS", ".sp", ".HP", ".Pp")
 
 
 def _plain(line: str) -> str:
@@ -102,7 +106,7 @@ def _sections(path: str) -> dict[str, list[str]]:
     for line in raw.splitlines():
         if line.startswith((".SH", ".Sh")):
             current = _plain(line[3:]).strip('"').upper()
-        elif line.startswith((".PP", ".P", ".LP", ".TP", ".IP", ".RS", ".sp", ".HP", ".Pp")) or not line.strip():
+        elif line.startswith(_BREAKS) or not line.strip():
             sections[current].append("")
         elif line.startswith((".B ", ".I ", ".BR ", ".IR ", ".BI ", ".RB ", ".Nm ", ".Nd ")):
             sections[current].append(_plain(line.split(" ", 1)[1].replace('"', "")))
