@@ -173,7 +173,8 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
 
 def _budget_decides(spec: PipelineSpec) -> bool:
     """A budget and no trained router: the plan spends the budget by value per dollar."""
-    return spec.budget_usd is not None and spec.settings.routing.classifier_path is None
+    r = spec.settings.routing
+    return r.budget_decides and spec.budget_usd is not None and r.classifier_path is None
 
 
 def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:

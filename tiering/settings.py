@@ -282,6 +282,12 @@ class RoutingSettings(_Section):
         "a budget and the shipped classifier the threshold is not used: the budget plan admits the "
         "best value per dollar until the budget is spent.",
     )
+    budget_decides: bool = Field(
+        True,
+        description="With a budget (per run or monthly) and the shipped classifier, every document "
+        "wants the API tier and the budget plan admits the best value per dollar until the budget "
+        "is spent (api_threshold unused). false: the threshold applies first, the budget after.",
+    )
     score_normalization: Literal["auto", "rank", "none"] = Field(
         "auto",
         description="'rank': a document's score becomes its rank share within the run (quantiles "

@@ -26,7 +26,9 @@ def _settings(make_settings: SettingsFactory, **extra: Any) -> TierembedSettings
             {"version": "fake-v1", "model": "fake-embed", "price_per_million_tokens": PRICE,
              "max_tokens_per_input": 1000}]},
         "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}],
-                    "api_threshold": 1.0},  # scores are < 1: only the rule sends docs to the API
+                    "api_threshold": 1.0,
+                    "mode": "exclusive", "budget_decides": False},
+        # scores are < 1: only the rule sends docs to the API, and only there
     }
     for k, v in extra.items():
         overrides[k] = {**overrides.get(k, {}), **v}

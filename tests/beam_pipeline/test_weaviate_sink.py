@@ -242,7 +242,7 @@ def test_whole_pipeline_writes_to_weaviate_and_reruns_skip_unchanged(
               for v in ("fake-a", "fake-b")]
     settings = make_settings({
         **api_overrides(fake_api, models=models),
-        "routing": {"api_threshold": 0.0},
+        "routing": {"api_threshold": 0.0, "mode": "exclusive"},
         "sink": {"kind": "weaviate", "weaviate": {"url": wv.url, "grpc_port": wv.grpc_port}},
     })
     src = write_jsonl(tmp_path / "docs.jsonl", corpus(12))
@@ -275,7 +275,8 @@ def test_whole_pipeline_into_weaviate_reports_written_documents_and_progress(
 
     settings = make_settings({
         **api_overrides(fake_api),
-        "routing": {"api_threshold": 0.0},  # every document to the API tier: no local model to load
+        # every document to the API tier only: no local model to load
+        "routing": {"api_threshold": 0.0, "mode": "exclusive"},
         "sink": {"kind": "weaviate", "weaviate": {"url": wv.url, "grpc_port": wv.grpc_port}},
         "telemetry": {"progress_dir": str(tmp_path / "progress")},
     })

@@ -56,7 +56,7 @@ def _settings(make_settings: SettingsFactory, server: FakeOpenAIServer, tmp_path
              **extra.pop("model", {})}
     overrides: dict[str, Any] = api_overrides(server, models=[model],
                                               retry={"base_delay_s": 0.01, "max_delay_s": 0.05})
-    overrides["routing"] = {"api_threshold": 0.0}  # every document wants the paid tier
+    overrides["routing"] = {"api_threshold": 0.0, "mode": "exclusive"}  # every document wants the paid tier
     overrides["sink"] = {"lancedb": {"uri": str(tmp_path / f"store-{name}")}}
     overrides.update(extra)
     return make_settings(overrides)
@@ -354,7 +354,7 @@ def test_flow_emits_budget_event_that_reaches_the_prefect_server(
     cfg = {
         "api": {"endpoint": "custom", "base_url": fake_api.base_url, "api_key": "test",
                 "models": [{"version": "fake-v1", "model": MODEL, "price_per_million_tokens": PRICE}]},
-        "routing": {"api_threshold": 0.0},
+        "routing": {"api_threshold": 0.0, "mode": "exclusive"},
         "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
         "dead_letters": {"dir": str(tmp_path / "dl")},
         "budget": {"ledger_path": str(tmp_path / "ledger.sqlite"), "monthly_usd": 5.0},

@@ -24,7 +24,8 @@ def _config(tmp_path: Path, server: FakeOpenAIServer) -> Path:
     cfg = {
         "api": {"endpoint": "custom", "base_url": server.base_url, "api_key": "test",
                 "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}]},
-        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0,
+                    "mode": "exclusive", "budget_decides": False},
         "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
         "dead_letters": {"dir": str(tmp_path / "dl")},
         "budget": {"ledger_path": str(tmp_path / "ledger.sqlite")},

@@ -38,7 +38,8 @@ def _settings(make_settings: SettingsFactory, server: FakeOpenAIServer, telemetr
     overrides = api_overrides(server, models=[{"version": "fake-v1", "model": "fake-embed",
                                                "price_per_million_tokens": PRICE}], **api)
     overrides.update({
-        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0,
+                    "mode": "exclusive", "budget_decides": False},
         "budget": {"monthly_usd": MONTHLY},
         "telemetry": telemetry,
     })
@@ -129,7 +130,8 @@ def test_documents_that_fall_back_are_counted_and_the_breaker_gauge_resets(
                                                "max_tokens_per_request": 5}],
                             tokens_per_minute=10, retry={"max_attempts": 1},
                             breaker={"failure_threshold": 1, "reset_after_s": 60}),
-            "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}]},
+            "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}],
+                        "mode": "exclusive"},
             "telemetry": {"exporter": "otlp", "otlp_endpoint": rx.url, "export_interval_s": 3600},
         })
         report = run_embedding(settings, str(src), emit=lambda **_: None)
@@ -203,7 +205,8 @@ def test_flow_run_publishes_a_completed_progress_artifact(
     cfg = {
         "api": {"endpoint": "custom", "base_url": fake_api.base_url, "api_key": "test",
                 "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}]},
-        "routing": {"api_threshold": 1.0},
+        "routing": {"api_threshold": 1.0,
+                    "mode": "exclusive", "budget_decides": False},
         "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
         "dead_letters": {"dir": str(tmp_path / "dl")},
         "budget": {"ledger_path": str(tmp_path / "ledger.sqlite")},

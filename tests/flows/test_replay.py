@@ -56,7 +56,8 @@ def test_replay_after_an_outage_embeds_exactly_what_failed(
                 "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
                 "breaker": {"failure_threshold": 2, "on_open": "dead_letter"}},
         "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}],
-                    "api_threshold": 1.0},
+                    "api_threshold": 1.0,
+                    "mode": "exclusive", "budget_decides": False},
     })
     docs = corpus(6)
     for d in docs[:3]:

@@ -182,7 +182,8 @@ def test_run_that_exhausts_a_tiny_monthly_budget_fires_the_alert_at_the_webhook(
     overrides = api_overrides(fake_api, models=[{"version": "fake-v1", "model": "fake-embed",
                                                  "price_per_million_tokens": PRICE_PER_MILLION}])
     overrides.update({
-        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0,
+                    "mode": "exclusive", "budget_decides": False},
         "budget": {"monthly_usd": MONTHLY_USD},
         "telemetry": {"exporter": "pushgateway", "pushgateway_url": alerting_stack.pushgateway,
                       # Pushes at least one scrape interval apart: the seeded zeros are

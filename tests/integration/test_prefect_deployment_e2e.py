@@ -266,7 +266,7 @@ def _write_inputs(tmp_path: Path, api_base_url: str) -> tuple[Path, Path, list[d
             "retry": {"max_attempts": 2, "base_delay_s": 0.1, "max_total_s": 10},
         },
         # Every valid document scores >= 0, so every one goes to the API tier.
-        "routing": {"api_threshold": 0.0},
+        "routing": {"api_threshold": 0.0, "mode": "exclusive"},
         "budget": {"ledger_path": str(tmp_path / "ledger.sqlite")},
         "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
         "dead_letters": {"dir": str(tmp_path / "dead_letters")},
