@@ -158,14 +158,14 @@ def test_train_from_queries_embeds_with_both_tiers_and_learns_where_premium_pays
     result = runner.invoke(app, ["router", "train", str(src), "--from-queries", str(qpath), "--out", str(out),
                                  "--labels-out", str(labels_out), "--sample", "34"])
     assert result.exit_code == 0, result.output
-    out = result.output
+    text = result.output
     # the cost is shown before anything is sent, and reported against --max-cost after
-    assert out.index("training cost: embedding 34 documents and 28 queries") < out.index("API tier billed")
-    assert "--max-cost $1.000000" in out
+    assert text.index("training cost: embedding 34 documents and 28 queries") < text.index("API tier billed")
+    assert "--max-cost $1.000000" in text
     # labels for every sampled document from the training queries; held-out queries reported
-    assert "derived gain labels for 34 documents from 20 training queries" in out
-    assert "held-out retrieval (8 queries, 34 sampled documents" in out
-    assert "trained router @30% cost" in out and "current router @30% cost" in out
+    assert "derived gain labels for 34 documents from 20 training queries" in text
+    assert "held-out retrieval (8 queries, 34 sampled documents" in text
+    assert "trained router @30% cost" in text and "current router @30% cost" in text
 
     labels = {x["id"]: x for x in map(json.loads, labels_out.read_text().splitlines())}
     assert len(labels) == 34
