@@ -35,7 +35,8 @@ from tiering.evaluation import reference_indices
 from tiering.fusion import FusionMethod, PlattCurve, VersionResult, fuse, zscore_calibration
 from tiering.settings import TierembedSettings
 
-__all__ = ["SearchResult", "Searcher", "open_searcher", "search_store", "load_platt", "save_platt"]
+__all__ = ["SearchResult", "Searcher", "open_searcher", "open_store", "search_store", "load_platt",
+           "save_platt"]
 
 _log = logging.getLogger(__name__)
 
@@ -176,6 +177,16 @@ class Searcher:
 
     def search_many(self, queries: Sequence[str], k: int = 5) -> list[list[SearchResult]]:
         return [self.search(q, k) for q in queries]
+
+
+@contextmanager
+def open_store(settings: TierembedSettings) -> Iterator[VectorReader]:
+    """The configured store, read-only, closed on exit."""
+    store = open_reader(settings)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @contextmanager
