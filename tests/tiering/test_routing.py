@@ -88,3 +88,18 @@ def test_api_version_follows_the_stable_ab_split() -> None:
     assert picks == {"te3-small", "te3-large"}
     again = decide_route(_doc("d42"), 1.0, (1.0, 0.5), policy, ADMIT_ALL)
     assert again == decide_route(_doc("d42"), 1.0, (1.0, 0.5), policy, ADMIT_ALL)
+
+
+def test_with_a_budget_the_plan_decides_and_the_threshold_is_not_used() -> None:
+    from dataclasses import replace
+
+    policy = replace(_policy(mode="coverage", threshold=0.7), budget_decides=True)
+    low = wanted_tier(_doc(), 0.05, policy)
+    assert low[0] is Tier.API and "budget plan decides" in low[1]
+    admitted = decide_route(_doc(), 0.05, (5.0, 0.5), policy, ADMIT_ALL)
+    assert admitted.targets == ((Tier.LOCAL, "minilm"), (Tier.API, "te3"))
+    refused = decide_route(_doc(), 0.95, (95.0, 0.5), policy, ADMIT_NONE)
+    assert refused.targets == ((Tier.LOCAL, "minilm"),) and refused.over_budget
+    # rules still come first
+    ruled = replace(policy, rules=(Rule("pin", "local", Tier.LOCAL),))
+    assert wanted_tier(_doc(pin="local"), 0.99, ruled)[0] is Tier.LOCAL
