@@ -266,6 +266,7 @@ def evaluate_store(settings: TierembedSettings, opts: EvalOptions,
             raise ConfigError("the store is empty; run `tierembed run SOURCE` on the labelled "
                               "documents first")
         cache = VectorCache(opts.cache_dir)
+        searcher.vector_cache = cache
         _embed_missing(searcher, corpus, (local, premium), cache, queries, opts, echo)
         report = _evaluate(s, searcher, corpus, cache, queries, qrels, local, premium, opts)
         report.spent_usd = round(searcher.embedders.spend.cost_usd, 6)

@@ -29,6 +29,7 @@ import numpy as np
 from flows.embedders import TierEmbedders, open_embedders
 from flows.endpoint import settings_for_endpoint
 from store.reference import ReferenceSample, load_reference, reference_path, save_reference
+from store.vector_cache import VectorCache, doc_key
 from store.vector_reader import StoredDoc, VectorReader, open_reader
 from tiering.errors import ConfigError
 from tiering.evaluation import reference_indices
@@ -90,6 +91,8 @@ class Searcher:
             raise ConfigError("search.fusion is 'platt' but search.platt_path is unset; fit curves with "
                               "`tierembed eval --fit-platt PATH` and set search.platt_path: PATH")
         self._references: dict[str, np.ndarray] = {}
+        self.vector_cache: VectorCache | None = None
+        """Vectors embedded outside the store (eval's cache): reused for the reference sample."""
 
     # -- calibration reference ------------------------------------------------------------
     def _sample_ids(self) -> list[str]:
@@ -134,6 +137,11 @@ class Searcher:
         for i in ids:
             if i not in vectors and (i, texts[i].content_hash) in reuse:
                 vectors[i] = reuse[(i, texts[i].content_hash)]
+        if self.vector_cache is not None:
+            for i in ids:
+                cached = self.vector_cache.get(version, doc_key(texts[i].content_hash))
+                if i not in vectors and cached is not None:
+                    vectors[i] = cached
         todo = [i for i in ids if i not in vectors]
         if todo:
             embedder = self.embedders[version]
