@@ -32,6 +32,7 @@ from flows.search import Searcher, open_searcher, save_platt
 from store.vector_cache import VectorCache, doc_key, query_key
 from store.vector_reader import StoredVersion
 from tiering.chunking import estimate_tokens
+from tiering.classifier import ValueClassifier, load_default
 from tiering.documents import Document
 from tiering.errors import ConfigError
 from tiering.evaluation import (
@@ -205,10 +206,8 @@ def _embed_missing(searcher: Searcher, corpus: _Corpus, versions: Sequence[str],
 
 
 def _router_inputs(settings: TierembedSettings, corpus: _Corpus, local: str, premium: str) -> PolicyInputs:
-    from beam_pipeline.score import load_classifier
-
     path = settings.routing.classifier_path
-    clf = load_classifier(path)
+    clf = ValueClassifier.load(path) if path else load_default()
     docs = [Document(i, corpus.texts[i], "eval", "{}", corpus.hashes[i]) for i in corpus.ids]
     scores = clf.score_many(docs)
     if uses_rank_normalization(settings.routing.score_normalization, path):
