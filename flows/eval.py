@@ -255,7 +255,7 @@ def evaluate_store(settings: TierembedSettings, opts: EvalOptions,
     """Evaluate the configured store on a labelled query set (see the module docstring)."""
     queries = read_queries(opts.queries)
     qrels = read_qrels(opts.qrels)
-    with open_searcher(settings) as searcher:
+    with open_searcher(settings, kind="eval") as searcher:
         s = searcher.settings
         local = opts.local_version or s.local.models[0].version
         premium = opts.api_version or s.api.models[0].version

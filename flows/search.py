@@ -199,16 +199,17 @@ def open_store(settings: TierembedSettings) -> Iterator[VectorReader]:
 
 @contextmanager
 def open_searcher(settings: TierembedSettings, *, method: FusionMethod | str | None = None,
-                  only_version: str | None = None) -> Iterator[Searcher]:
+                  only_version: str | None = None, kind: str = "search") -> Iterator[Searcher]:
     """A :class:`Searcher` over the configured store, its models loaded once; the API
-    endpoint (a stand-in server too) is opened only when an API version is in the store."""
+    endpoint (a stand-in server too) is opened only when an API version is in the store.
+    ``kind`` names the ledger run paid embeddings are recorded under."""
     settings = settings_for_endpoint(settings)  # same version names as the run used
     store = open_reader(settings)
     try:
         api_versions = {m.version for m in settings.api.models}
         need_api = any(store.count(v) > 0 for v in api_versions) and (
             only_version is None or only_version in api_versions)
-        with open_embedders(settings, "search", need_api=need_api) as embedders:
+        with open_embedders(settings, kind, need_api=need_api) as embedders:
             yield Searcher(settings, store, embedders,
                            method=FusionMethod(method) if method else None, only_version=only_version)
     finally:
