@@ -220,10 +220,12 @@ def show_config(config: ConfigOpt = None) -> None:
 
 
 from flows.cli_budget import budget_app  # noqa: E402
+from flows.cli_models import models_app  # noqa: E402
 from flows.cli_router import router_app  # noqa: E402
 
 app.add_typer(router_app, name="router")
 app.add_typer(budget_app, name="budget")
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:
