@@ -52,7 +52,10 @@ def _by(by: str | None) -> str:
 
 
 def _open(config: Path | None, by: str) -> tuple[TierembedSettings, VersionRegistry, Registry]:
-    settings = load_settings(config)
+    from flows.endpoint import settings_for_endpoint
+
+    # the versions runs really use (the local stand-in renames API versions)
+    settings = settings_for_endpoint(load_settings(config))
     registry, snapshot = open_registry(settings, by=by)
     return settings, registry, snapshot
 
@@ -226,3 +229,29 @@ def rollback(config: ConfigOpt = None, by: ByOpt = None) -> None:
         return
     typer.echo(f"#{change.seq} rollback: {change.note}; {_summary(change)}")
     _announce(change)
+
+
+@models_app.command("backfill")
+def backfill(
+    version: Annotated[str, typer.Argument(help="The version to give vectors (any state).")],
+    source: Annotated[str, typer.Argument(help="The corpus: file, directory, glob or Beam URL.")],
+    budget: Annotated[Optional[float], typer.Option(
+        "--budget", min=0.0, help="Total API spend in USD for this version's backfill, over all its "
+        "runs (a killed or budget-limited backfill resumes where it stopped).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Embed every document of SOURCE with VERSION only, skipping what it already holds;
+    run it again to resume. The same flow runs as the `backfill-version/adhoc` deployment."""
+    from flows.backfill import run_backfill
+    from flows.cli import _setup_logging
+    from flows.reporting import render_text
+
+    _setup_logging(True)
+    try:
+        report = run_backfill(load_settings(config), version, source, budget)
+    except TierembedError as exc:
+        _fail(exc)
+        return
+    typer.echo(render_text(report))
+    if not report.accounting_ok():
+        raise typer.Exit(code=1)
