@@ -58,7 +58,10 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
         targets = [t for t in decision.targets if t[1] not in unchanged]
         # coverage mode: the local vector exists (or is being made), so an API target that
         # cannot be embedded must not fall back to a second local write
-        has_local = any(tier is Tier.LOCAL for tier, _ in decision.targets)
+        # A backfill never falls back either: the document keeps its live vectors, and a
+        # local vector written in its place would land in a version nobody asked for.
+        has_local = (self._policy.backfill is not None
+                     or any(tier is Tier.LOCAL for tier, _ in decision.targets))
         outcome = ("backfill_deferred" if decision.deferred
                    else "documents_routed" if targets else "skipped_unchanged")
         beam.metrics.Metrics.counter("tierembed", outcome).inc()
