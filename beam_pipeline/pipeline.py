@@ -43,6 +43,7 @@ from tiering.pricing import Price, price_for
 from tiering.routing import RoutingPolicy, policy_from_settings
 from tiering.settings import ApiModelSettings, TierembedSettings
 from tiering.validation import ValidationRules
+from tiering.versions import Registry
 
 __all__ = [
     "ResolvedApi",
@@ -85,6 +86,10 @@ class PipelineSpec:
     budget_usd: float | None
     api: ResolvedApi
     existing_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    registry: Registry | None = None
+    """The version registry at the start of the run: live weights and shadow samples."""
+    backfill: str | None = None
+    """Backfill mode: embed every document with this version only (flows.backfill)."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,9 @@ class PipelineOutcome:
     dead_letter_prefix: str = ""
 
 
-def routing_policy(settings: TierembedSettings) -> RoutingPolicy:
-    return policy_from_settings(settings)
+def routing_policy(settings: TierembedSettings, registry: Registry | None = None,
+                   backfill: str | None = None) -> RoutingPolicy:
+    return policy_from_settings(settings, registry, backfill)
 
 
 def api_prices(settings: TierembedSettings) -> dict[str, Price]:
@@ -127,7 +133,21 @@ def worker_share(settings: TierembedSettings) -> float:
     return 1.0
 
 
-def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> ApiBranch:
+def _budget_share(policy: RoutingPolicy, version: str) -> float:
+    """``version``'s share of the run budget, in proportion to what it is expected to spend:
+    a live version its traffic weight, a shadow API version its sample of the tier (so the
+    caps of all API versions add up to the run budget); a backfill's version gets it all."""
+    if policy.backfill is not None:
+        return 1.0 if policy.backfill[1] == version else 0.0
+    weights = dict(policy.api_versions)
+    total = sum(weights.values())
+    samples = {sh.version: sh.sample for sh in policy.shadows if sh.tier is Tier.API}
+    expected = weights.get(version, 0.0) / total if total else 0.0
+    return (expected or samples.get(version, 0.0)) / (1.0 + sum(samples.values()))
+
+
+def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price,
+                policy: RoutingPolicy) -> ApiBranch:
     """One API version's branch, with this worker's share of the limits and of the budget.
 
     Provider limits are per endpoint and model: versions that call the same model split its
@@ -140,8 +160,7 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
     api = spec.settings.api
     share = worker_share(spec.settings)
     same_model = sum(1 for m in api.models if m.model == model.model)
-    total_weight = sum(m.traffic_weight for m in api.models)
-    budget_share = model.traffic_weight / total_weight if total_weight else 1.0 / len(api.models)
+    budget_share = _budget_share(policy, model.version)
     cfg = ApiEmbedderConfig(
         base_url=spec.api.base_url,
         api_key=spec.api.api_key,
@@ -167,8 +186,7 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price) -> Ap
         spend_cap_usd=None if spec.budget_usd is None else spec.budget_usd * budget_share * share,
         price=price,
     )
-    local_versions = tuple((m.version, m.traffic_weight) for m in spec.settings.local.models)
-    return ApiBranch(model.version, cfg, price, api.breaker.on_open, local_versions)
+    return ApiBranch(model.version, cfg, price, api.breaker.on_open, policy.local_versions)
 
 
 def _budget_decides(spec: PipelineSpec) -> bool:
@@ -182,7 +200,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     s = spec.settings
     rules = ValidationRules(s.input.id_field, s.input.text_field, s.input.metadata_field,
                             s.input.max_text_chars)
-    policy = replace(routing_policy(s), budget_decides=_budget_decides(spec))
+    policy = replace(routing_policy(s, spec.registry, spec.backfill), budget_decides=_budget_decides(spec))
     prices = api_prices(s)
     per_token = {v: float(pr.per_token) for v, pr in prices.items()}
     telemetry = telemetry_context(s, spec.run_id, spec.api.provider)
@@ -194,7 +212,9 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
         scored = scored | "NormalizeScores" >> NormalizeScores()
     existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes]).with_output_types(ExistingHashes)
     plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd, existing)
-    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, existing)
+    declared = [(Tier.LOCAL, m.version) for m in s.local.models]
+    declared += [(Tier.API, m.version) for m in s.api.models]
+    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, existing, declared)
 
     dead = [valid[DEAD_LETTERS]]
     embedded = []
@@ -202,7 +222,8 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     for model in s.api.models:
         tag = branch_tag(Tier.API, model.version)
         out = routed[tag] | f"EmbedApi[{model.version}]" >> EmbedApi(
-            replace(_api_branch(spec, model, prices[model.version]), telemetry=telemetry)
+            replace(_api_branch(spec, model, prices[model.version], policy),
+                    telemetry=telemetry)
         )
         embedded.append(out["embedded"])
         fallbacks.append(out[FALLBACK])

@@ -12,10 +12,9 @@ from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 
-from tiering.ab import assign_version
 from tiering.budget import BudgetPlan, PlanAccumulator, PlanItem, priority_key
-from tiering.documents import ScoredDocument, Tier
-from tiering.routing import RoutingPolicy, wanted_tier
+from tiering.documents import ScoredDocument
+from tiering.routing import RoutingPolicy, api_version_for, wants_api
 
 __all__ = ["PlanBudget", "estimated_api_cost", "ExistingHashes"]
 
@@ -26,8 +25,8 @@ ExistingHashes = dict[str, dict[str, str]]
 def estimated_api_cost(
     scored: ScoredDocument, policy: RoutingPolicy, price_per_token: dict[str, float]
 ) -> float:
-    version = assign_version(scored.document.id, policy.api_versions, salt=f"ab-{Tier.API.value}")
-    return scored.est_tokens * price_per_token[version]
+    version = api_version_for(scored.document.id, policy)
+    return 0.0 if version is None else scored.est_tokens * price_per_token[version]
 
 
 @beam.typehints.with_input_types(PlanItem)
@@ -59,9 +58,8 @@ class _PlanItemsFn(beam.DoFn):  # type: ignore[misc]
         self._prices = price_per_token
 
     def process(self, scored: ScoredDocument, existing: ExistingHashes) -> Iterator[PlanItem]:
-        tier, _ = wanted_tier(scored.document, scored.score, self._policy)
-        if tier is Tier.API:
-            version = assign_version(scored.document.id, self._policy.api_versions, salt="ab-api")
+        version = api_version_for(scored.document.id, self._policy)
+        if version is not None and wants_api(scored.document, scored.score, self._policy):
             # unchanged documents are already embedded by this version and cost nothing
             if existing.get(version, {}).get(scored.document.id) != scored.document.hash:
                 cost = estimated_api_cost(scored, self._policy, self._prices)

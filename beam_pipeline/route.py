@@ -11,7 +11,7 @@ arrive as a side input read from the store before the run (empty on ``--full-ref
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -29,10 +29,16 @@ def branch_tag(tier: Tier, version: str) -> str:
     return f"{tier.value}/{version}"
 
 
-def branch_tags(policy: RoutingPolicy) -> list[str]:
-    return [branch_tag(Tier.LOCAL, v) for v, _ in policy.local_versions] + [
-        branch_tag(Tier.API, v) for v, _ in policy.api_versions
-    ]
+def branch_tags(policy: RoutingPolicy, declared: Iterable[tuple[Tier, str]] = ()) -> list[str]:
+    """One tag per version a document can be routed to, plus ``declared`` (every configured
+    version gets a branch, even one that receives nothing in this run)."""
+    tags = [branch_tag(Tier.LOCAL, v) for v, _ in policy.local_versions]
+    tags += [branch_tag(Tier.API, v) for v, _ in policy.api_versions]
+    tags += [branch_tag(s.tier, s.version) for s in policy.shadows]
+    if policy.backfill is not None:
+        tags.append(branch_tag(*policy.backfill))
+    tags += [branch_tag(t, v) for t, v in declared]
+    return list(dict.fromkeys(tags))
 
 
 @beam.typehints.with_input_types(ScoredDocument, plan=BudgetPlan, existing=ExistingHashes)
@@ -52,9 +58,13 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
         targets = [t for t in decision.targets if t[1] not in unchanged]
         # coverage mode: the local vector exists (or is being made), so an API target that
         # cannot be embedded must not fall back to a second local write
-        has_local = any(tier is Tier.LOCAL for tier, _ in decision.targets)
-        beam.metrics.Metrics.counter(
-            "tierembed", "documents_routed" if targets else "skipped_unchanged").inc()
+        # A backfill never falls back either: the document keeps its live vectors, and a
+        # local vector written in its place would land in a version nobody asked for.
+        has_local = (self._policy.backfill is not None
+                     or any(tier is Tier.LOCAL for tier, _ in decision.targets))
+        outcome = ("backfill_deferred" if decision.deferred
+                   else "documents_routed" if targets else "skipped_unchanged")
+        beam.metrics.Metrics.counter("tierembed", outcome).inc()
         if decision.over_budget:
             beam.metrics.Metrics.counter("tierembed", "routed_over_budget").inc()
         for tier, version in targets:
@@ -62,6 +72,15 @@ class _RouteFn(beam.DoFn):  # type: ignore[misc]
             routed = RoutedDocument(scored, tier, version, decision.reason,
                                     has_local_target=has_local and tier is Tier.API)
             yield pvalue.TaggedOutput(branch_tag(tier, version), routed)
+        for tier, version in decision.shadow_targets:
+            if version in unchanged:
+                continue
+            beam.metrics.Metrics.counter("tierembed", f"routed.{tier.value}.{version}").inc()
+            beam.metrics.Metrics.counter("tierembed", f"shadow.{tier.value}.{version}").inc()
+            # its live vector comes from the targets above: never fall back, never re-target
+            shadowed = RoutedDocument(scored, tier, version, decision.reason + f"; shadow {version}",
+                                      has_local_target=tier is Tier.API, shadow=True)
+            yield pvalue.TaggedOutput(branch_tag(tier, version), shadowed)
 
 
 class RouteByTier(TaggedOutputsTransform):
@@ -73,15 +92,17 @@ class RouteByTier(TaggedOutputsTransform):
         price_per_token: dict[str, float],
         plan: beam.PCollection[BudgetPlan],
         existing: beam.PCollection[ExistingHashes] | None = None,
+        declared: Iterable[tuple[Tier, str]] = (),
     ) -> None:
         super().__init__()
         self.policy = policy
         self.prices = price_per_token
         self.plan = plan
         self.existing = existing
+        self.declared = tuple(declared)
 
     def expand(self, scored: beam.PCollection[ScoredDocument]) -> dict[str, beam.PCollection]:
-        tags = branch_tags(self.policy)
+        tags = branch_tags(self.policy, self.declared)
         existing = self.existing
         if existing is None:
             none: ExistingHashes = {}

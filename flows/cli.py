@@ -130,6 +130,7 @@ def _report_from_dict(d: dict) -> "object":
         written=d["written"], documents_routed=d["documents_routed"],
         skipped_unchanged=d["skipped_unchanged"], over_budget=d["over_budget"],
         fell_back_budget=d.get("fell_back_budget", 0),
+        backfill_deferred=d.get("backfill_deferred", 0),
         api_requests=tuple(sorted(d["api_requests"].items())), api_retries=d["api_retries"],
         dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
         month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],
@@ -293,10 +294,12 @@ def show_config(config: ConfigOpt = None) -> None:
 
 
 from flows.cli_budget import budget_app  # noqa: E402
+from flows.cli_models import models_app  # noqa: E402
 from flows.cli_router import router_app  # noqa: E402
 
 app.add_typer(router_app, name="router")
 app.add_typer(budget_app, name="budget")
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
 from flows.telemetry_flow import RunTelemetry
 from store.ledger import SpendLedger
+from store.registry import open_registry
 from tiering.errors import InputNotFoundError
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
@@ -75,6 +76,7 @@ def run_embedding(
     full_refresh: bool = False,
     ledger: Optional[SpendLedger] = None,
     emit: Optional[Emit] = None,
+    backfill: Optional[str] = None,
 ) -> RunReport:
     """Run the pipeline once and build its report (used by the flow and by tests).
 
@@ -84,17 +86,22 @@ def run_embedding(
     inside the pipeline fits that budget. Afterwards the billed spend is recorded, budget
     events are emitted (``emit`` defaults to Prefect's ``emit_event``) and alerts are noted
     in the report.
+
+    Model versions: live weights and shadow samples come from the version registry
+    (``tierembed models``), brought up to date with the settings first. ``backfill`` embeds
+    every document with that one version (see ``flows.backfill``).
     """
     run_id = run_id or new_run_id()
     settings = settings_for_endpoint(settings)  # the stand-in gets versions of its own
     per_run = budget_usd if budget_usd is not None else settings.budget.per_run_usd
     ledger = ledger or SpendLedger(settings.budget.ledger_path)
     started = time.monotonic()
+    _, versions = open_registry(settings, by=f"run {run_id}")
     with resolve_endpoint(settings.api) as api:
         existing = {} if full_refresh else existing_hashes(settings)
         grant = ledger.begin_run(run_id, per_run_usd=per_run, monthly_usd=settings.budget.monthly_usd,
                                  source=source, month_to_date_usd=month_to_date_usd)
-        spec = PipelineSpec(settings, source, run_id, grant.budget_usd, api, existing)
+        spec = PipelineSpec(settings, source, run_id, grant.budget_usd, api, existing, versions, backfill)
         telemetry = RunTelemetry(settings, run_id)
         telemetry.begin(grant, api.provider, source)  # budget gauges, progress artifact
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.

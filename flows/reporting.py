@@ -70,7 +70,9 @@ def render_text(report: RunReport) -> str:
         f"  endpoint: {report.endpoint}",
         f"  read {report.records_read} records: {report.documents_valid} valid documents, "
         f"{dict(report.dead_letters_by_stage).get('validate', 0)} rejected by validation; "
-        f"{report.skipped_unchanged} skipped as unchanged",
+        f"{report.skipped_unchanged} skipped as unchanged"
+        + (f"; {report.backfill_deferred} deferred by the backfill budget to the next backfill run"
+           if report.backfill_deferred else ""),
         _plan_line(report),
         f"  {'tier':<6} {'version':<20} {'docs':>6} {'chunked':>7} {'est tok':>9} "
         f"{'billed tok':>10} {'est cost':>12} {'cost':>12}",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ import numpy as np
 from flows.embedders import TierEmbedders, open_embedders
 from flows.endpoint import settings_for_endpoint
 from store.reference import ReferenceSample, load_reference, reference_path, save_reference
+from store.registry import open_registry
 from store.vector_cache import VectorCache, doc_key
 from store.vector_reader import StoredDoc, VectorReader, open_reader
 from tiering.errors import ConfigError
@@ -73,7 +74,8 @@ class Searcher:
     queries. Build with :func:`open_searcher`."""
 
     def __init__(self, settings: TierembedSettings, store: VectorReader, embedders: TierEmbedders,
-                 *, method: FusionMethod | None = None, only_version: str | None = None) -> None:
+                 *, method: FusionMethod | None = None, only_version: str | None = None,
+                 served: Collection[str] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.embedders = embedders
@@ -81,6 +83,10 @@ class Searcher:
         configured = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
         self.counts = {v: store.count(v) for v in configured}
         present = [v for v in configured if self.counts[v] > 0]
+        if served is not None and not only_version:
+            # the registry's live versions only: shadow, candidate and retired ones are never
+            # served (an explicit --version may still name one, e.g. to inspect a shadow)
+            present = [v for v in present if v in served]
         if only_version:
             if only_version not in present:
                 raise ConfigError(f"model version {only_version!r} is not in the store; present: {present}")
@@ -204,14 +210,16 @@ def open_searcher(settings: TierembedSettings, *, method: FusionMethod | str | N
     endpoint (a stand-in server too) is opened only when an API version is in the store.
     ``kind`` names the ledger run paid embeddings are recorded under."""
     settings = settings_for_endpoint(settings)  # same version names as the run used
+    _, registry = open_registry(settings, by=kind)
+    served = set(registry.served())
     store = open_reader(settings)
     try:
         api_versions = {m.version for m in settings.api.models}
-        need_api = any(store.count(v) > 0 for v in api_versions) and (
-            only_version is None or only_version in api_versions)
+        wanted = {only_version} if only_version else served
+        need_api = any(store.count(v) > 0 for v in api_versions & wanted)
         with open_embedders(settings, kind, need_api=need_api) as embedders:
-            yield Searcher(settings, store, embedders,
-                           method=FusionMethod(method) if method else None, only_version=only_version)
+            yield Searcher(settings, store, embedders, method=FusionMethod(method) if method else None,
+                           only_version=only_version, served=served)
     finally:
         store.close()
 

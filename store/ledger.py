@@ -446,6 +446,17 @@ class SpendLedger:
             row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else _run_record(row)
 
+    def spend_of_runs(self, prefix: str) -> float:
+        """What the runs whose id starts with ``prefix`` were charged: billed spend, plus for
+        a run still running or failed the unspent part of its reservation (an upper bound
+        of what it may have been billed)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT COALESCE(SUM(spent + held), 0) FROM ({_HELD_ALL}) WHERE run_id LIKE ? ESCAPE '\\'",
+                (pattern,)).fetchone()
+        return float(row[0])
+
     def run_lines(self, run_id: str) -> list[SpendLine]:
         with self._read() as conn:
             rows = conn.execute(
@@ -463,15 +474,15 @@ def _statements() -> list[str]:
 # Per run: what it recorded (add_spend / finish_run) and what its reservation holds beyond
 # that. A running or failed run's reservation is an upper bound on its spend, so only the
 # part not yet recorded is added to the month; a finished run holds nothing.
-_HELD = """
+_HELD_ALL = """
 SELECT r.run_id, r.status,
        COALESCE(s.spent, 0) AS spent,
        CASE WHEN r.status IN ('running', 'failed') THEN MAX(r.reserved_usd - COALESCE(s.spent, 0), 0)
             ELSE 0 END AS held
 FROM runs r LEFT JOIN (SELECT run_id, SUM(cost_usd) AS spent FROM spend GROUP BY run_id) s
   ON s.run_id = r.run_id
-WHERE r.month = ?
 """
+_HELD = _HELD_ALL + "WHERE r.month = ?"
 
 
 def _committed(conn: sqlite3.Connection, month: str, *, exclude_run: str) -> float:

@@ -77,6 +77,7 @@ class RoutedDocument:
     reason: str
     fell_back: bool = False  # re-targeted to the local tier by the API tier (breaker, budget)
     has_local_target: bool = False  # coverage mode: the document also gets the local vector
+    shadow: bool = False  # a shadow version's extra target: never served, never a fallback
 
     @property
     def id(self) -> str:

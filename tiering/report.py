@@ -10,7 +10,8 @@ Counter names (namespace ``tierembed``): ``records_read``, ``documents_valid``,
 ``dead_letters.<stage>``, ``routed.<tier>.<version>``, ``embedded.<tier>.<version>``,
 ``chunked.<tier>.<version>``, ``chunks.<tier>.<version>``, ``est_tokens.<tier>.<version>``,
 ``billed_tokens.api.<version>``, ``fell_back.api.<version>``, ``written.<version>``,
-``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``.
+``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``,
+``shadow.<tier>.<version>`` (shadow targets, also in ``routed``), ``backfill_deferred``.
 
 Budget figures: ``budget_usd`` is the budget the run was planned with (the tighter of the
 per-run cap and what the month had left), ``month_to_date_usd`` the month's committed spend
@@ -66,6 +67,7 @@ class RunReport:
     endpoint: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     fell_back_budget: int = 0  # targets the runtime spend guard moved to the local tier
+    backfill_deferred: int = 0  # backfill: documents the budget left for the next backfill run
 
     @property
     def dead_letters(self) -> int:
@@ -108,13 +110,15 @@ class RunReport:
         return max(0.0, self.monthly_limit_usd - after)
 
     def accounting_ok(self) -> bool:
-        """Nothing lost: read = valid + validation dead letters; valid = routed + skipped;
+        """Nothing lost: read = valid + validation dead letters; valid = routed + skipped
+        (+ deferred by a backfill's budget);
         every routed (document, version) target = written + dead-lettered after validation."""
         validate_dl = dict(self.dead_letters_by_stage).get("validate", 0)
         targets = sum(line.routed for line in self.lines)
         return (
             self.records_read == self.documents_valid + validate_dl
             and self.documents_valid == self.documents_routed + self.skipped_unchanged
+            + self.backfill_deferred
             and targets == self.written + self.dead_letters - validate_dl
         )
 
@@ -130,6 +134,7 @@ class RunReport:
             "skipped_unchanged": self.skipped_unchanged,
             "over_budget": self.over_budget,
             "fell_back_budget": self.fell_back_budget,
+            "backfill_deferred": self.backfill_deferred,
             "cost_usd": self.cost_usd,
             "est_cost_usd": self.est_cost_usd,
             "budget_usd": self.budget_usd,
@@ -218,6 +223,7 @@ def build_report(
         skipped_unchanged=counters.get("skipped_unchanged", 0),
         over_budget=counters.get("routed_over_budget", 0),
         fell_back_budget=sum(n for k, n in counters.items() if k.startswith("fell_back_budget.")),
+        backfill_deferred=counters.get("backfill_deferred", 0),
         api_requests=tuple(sorted(merged.items())),
         api_retries=sum(n for k, n in counters.items() if k.startswith("api_retries.")),
         dead_letter_path=dead_letter_path,

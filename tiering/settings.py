@@ -39,6 +39,7 @@ __all__ = [
     "RoutingSettings",
     "SearchSettings",
     "BudgetSettings",
+    "RegistrySettings",
     "LanceDBSettings",
     "WeaviateSettings",
     "SinkSettings",
@@ -339,6 +340,16 @@ class BudgetSettings(_Section):
     ledger_path: str = Field(".tierembed/ledger.sqlite", description="Spend ledger (SQLite).")
 
 
+class RegistrySettings(_Section):
+    """The model-version registry (``tierembed models``): states, weights and their history."""
+
+    path: str | None = Field(
+        None,
+        description="Registry file (SQLite); None = registry.sqlite beside budget.ledger_path, so "
+        "runs and the command line that share a ledger share the registry too.",
+    )
+
+
 class LanceDBSettings(_Section):
     uri: str = Field(".tierembed/store", description="LanceDB directory or URI.")
     table_prefix: str = Field("docs", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -464,6 +475,7 @@ class TierembedSettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)

@@ -3,7 +3,7 @@
 `prefect deploy` skips a prefect.yaml that fails validation with only a yellow warning and
 still exits 0, so the file is validated here with the CLI's own pydantic model. The flow's
 parameter contract is checked statically; when flows/embed.py exists its real signature is
-checked too. The slow test deploys all three deployments with `prefect --no-prompt deploy
+checked too. The slow test deploys all four deployments with `prefect --no-prompt deploy
 --all` to a throwaway Prefect server.
 """
 
@@ -38,6 +38,8 @@ ENTRYPOINT = "flows.embed:embed_documents"
 FLOW_NAME = "embed-documents"
 WORK_POOL = "tierembed-process"
 EXPECTED = {"nightly-incremental", "weekly-full-refresh", "adhoc"}
+BACKFILL = "backfill"  # flows.backfill:backfill_version, parameters of its own
+BACKFILL_ENTRYPOINT = "flows.backfill:backfill_version"
 
 
 class FlowParameters(BaseModel):
@@ -53,6 +55,18 @@ class FlowParameters(BaseModel):
     settings_overrides: dict[str, Any] | None = None
 
 
+class BackfillParameters(BaseModel):
+    """backfill-version's parameter contract (``version`` is given at run time)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: str
+    version: str | None = None
+    budget_usd: float | None = None
+    config_path: str | None = None
+    settings_overrides: dict[str, Any] | None = None
+
+
 def _raw() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
     return loaded
@@ -63,7 +77,13 @@ def _model() -> PrefectYamlModel:
 
 
 def _deployments() -> dict[str, Any]:
-    return {str(deployment.name): deployment for deployment in _model().deployments}
+    """The embed-documents deployments, by name."""
+    return {str(d.name): d for d in _model().deployments if d.entrypoint == ENTRYPOINT}
+
+
+def _backfill() -> Any:
+    (deployment,) = [d for d in _model().deployments if d.entrypoint == BACKFILL_ENTRYPOINT]
+    return deployment
 
 
 def _pull_steps() -> list[dict[str, Any]]:
@@ -95,12 +115,13 @@ def test_prefect_yaml_validates_with_prefect_cli_model() -> None:
     model = _model()
     assert model.name == "tierembed"
     assert set(_deployments()) == EXPECTED
-    assert len(model.deployments) == len(EXPECTED)
+    assert _backfill().name == BACKFILL
+    assert len(model.deployments) == len(EXPECTED) + 1
 
 
 def test_every_deployment_runs_the_module_entrypoint_on_the_process_pool() -> None:
-    for name, deployment in _deployments().items():
-        assert deployment.entrypoint == ENTRYPOINT, name
+    for name, deployment in {**_deployments(), BACKFILL: _backfill()}.items():
+        assert deployment.entrypoint in (ENTRYPOINT, BACKFILL_ENTRYPOINT), name
         assert deployment.work_pool is not None and deployment.work_pool.name == WORK_POOL, name
         assert deployment.description and deployment.description.strip(), name
         assert deployment.tags and "tierembed" in deployment.tags, name
@@ -110,6 +131,17 @@ def test_every_deployment_parameters_fit_the_flow_contract() -> None:
     for name, deployment in _deployments().items():
         parameters = FlowParameters.model_validate(deployment.parameters)
         assert parameters.source == "examples/data/*.jsonl", name
+    assert BackfillParameters.model_validate(_backfill().parameters).version is None
+
+
+def test_backfill_entrypoint_takes_version_and_budget_and_has_no_schedule() -> None:
+    import inspect
+
+    flow = import_object(BACKFILL_ENTRYPOINT)
+    assert flow.name == "backfill-version"
+    assert {"version", "source", "budget_usd"} <= set(inspect.signature(flow.fn).parameters)
+    backfill = _backfill()
+    assert backfill.schedules is None and backfill.concurrency_limit == 1
 
 
 def test_only_weekly_full_refresh_sets_full_refresh() -> None:
@@ -351,7 +383,7 @@ def _schedules(deployment: Any) -> list[tuple[str, str | None, bool]]:
 
 
 @pytest.mark.slow
-def test_prefect_deploy_all_creates_the_three_deployments_without_prompts(
+def test_prefect_deploy_all_creates_the_four_deployments_without_prompts(
     prefect_server: tuple[str, Path], tmp_path: Path
 ) -> None:
     api_url, home = prefect_server
@@ -362,16 +394,16 @@ def test_prefect_deploy_all_creates_the_three_deployments_without_prompts(
 
     _deploy_all(env, project)
     first = asyncio.run(_read_deployments(api_url))
-    assert set(first) == EXPECTED
+    assert set(first) == EXPECTED | {BACKFILL}
     for name, deployment in first.items():
-        assert deployment.entrypoint == ENTRYPOINT, name
+        assert deployment.entrypoint == (BACKFILL_ENTRYPOINT if name == BACKFILL else ENTRYPOINT), name
         assert deployment.work_pool_name == WORK_POOL, name
         assert deployment.pull_steps == _pull_steps(), name  # placeholder kept for the worker
         assert deployment.enforce_parameter_schema, name
     assert first["weekly-full-refresh"].parameters["full_refresh"] is True
     assert _schedules(first["nightly-incremental"]) == [("0 2 * * *", "nightly-0200-utc", True)]
     assert _schedules(first["weekly-full-refresh"]) == [("0 4 * * 0", "weekly-sunday-0400-utc", True)]
-    assert first["adhoc"].schedules == []
+    assert first["adhoc"].schedules == [] and first[BACKFILL].schedules == []
 
     # Deploying again updates in place: same deployments, same schedules, nothing duplicated.
     _deploy_all(env, project)
