@@ -267,6 +267,8 @@ class _Job:
     failures: int = 0
     throttled: int = 0
     token_refusals: int = 0
+    probing: bool = False
+    """The last attempt was the breaker's half-open trial."""
     reserved: bool = False
     breaker_waited_s: float = 0.0
 
@@ -429,15 +431,56 @@ class ApiEmbedder:
     async def aembed(self, inputs: Sequence[ApiInput]) -> EmbedOutcome:
         """Embed ``inputs``; every index ends in exactly one field of the outcome."""
         self._ensure_async_parts()
+        assert self._calibrated is not None
         outcome = EmbedOutcome()
         self._stats = outcome.stats
-        packing = pack_grouped([i.est_tokens for i in inputs], _groups_of(inputs),
-                               self._request_limits())
-        for i in packing.oversized:
-            outcome.failures[i] = self._too_long(inputs[i])
-        await asyncio.gather(*(self._run_request(inputs, idxs, outcome) for idxs in packing.requests))
+        todo = list(range(len(inputs)))
+        if not self._calibrated.is_set():
+            # The first request is the probe: small enough by its upper bound that it fits
+            # the token share however the provider counts; its reply sets the ratio the
+            # rest is packed with.
+            probe = self._probe_request(inputs)
+            if probe:
+                running = asyncio.ensure_future(self._run_request(inputs, probe, outcome))
+                answered = asyncio.ensure_future(self._calibrated.wait())
+                await asyncio.wait({running, answered}, return_when=asyncio.FIRST_COMPLETED)
+                answered.cancel()
+                sent = set(probe)
+                todo = [i for i in todo if i not in sent]
+                await asyncio.gather(running, *(self._run_request(inputs, idxs, outcome)
+                                                for idxs in self._pack(inputs, todo, outcome)))
+                outcome.stats.breaker_opened = self.breaker.times_opened
+                return outcome
+        await asyncio.gather(*(self._run_request(inputs, idxs, outcome)
+                               for idxs in self._pack(inputs, todo, outcome)))
         outcome.stats.breaker_opened = self.breaker.times_opened
         return outcome
+
+    def _pack(self, inputs: Sequence[ApiInput], idxs: Sequence[int],
+              outcome: EmbedOutcome) -> tuple[tuple[int, ...], ...]:
+        """Requests for ``idxs`` at today's limits; inputs too long fail here, unsent."""
+        groups = _groups_of(inputs)
+        packing = pack_grouped([inputs[i].est_tokens for i in idxs], [groups[i] for i in idxs],
+                               self._request_limits())
+        for k in packing.oversized:
+            outcome.failures[idxs[k]] = self._too_long(inputs[idxs[k]])
+        return tuple(tuple(idxs[k] for k in request) for request in packing.requests)
+
+    def _probe_request(self, inputs: Sequence[ApiInput]) -> tuple[int, ...]:
+        """The first documents whose upper bound fits one request's token share."""
+        budget = self.config.max_request_share * self._tpm.limit
+        first = self._pack(inputs, range(len(inputs)), EmbedOutcome())
+        if not first:
+            return ()
+        chosen: list[int] = []
+        for i in first[0]:
+            if chosen and (sum(token_upper_bound(inputs[j].text) for j in chosen)
+                           + token_upper_bound(inputs[i].text) > budget):
+                break
+            chosen.append(i)
+        groups = {inputs[i].group for i in chosen} - {None}
+        whole = [i for i in first[0] if i in chosen or inputs[i].group in groups]
+        return tuple(whole)
 
     def _request_limits(self) -> RequestLimits:
         """Per-request limits now: the model's, and at most ``max_request_share`` of the
@@ -497,6 +540,12 @@ class ApiEmbedder:
     def _next_delay(self, job: _Job, failure: CallFailure) -> float | None:
         """The wait before the next attempt, or None when this request has had enough."""
         throttled = failure.status == "429"
+        if job.probing and failure.counts_for_breaker:
+            # The breaker's trial failed: the endpoint is still down, which says nothing
+            # about this request. Back to waiting for the breaker (bounded by its own wait
+            # limit and by max_total_s), without using up the request's attempts.
+            elapsed = self._clock() - job.started
+            return 0.0 if elapsed <= self.config.backoff.max_total_s else None
         if throttled:
             job.throttled += 1
         else:
@@ -542,15 +591,21 @@ class ApiEmbedder:
     async def _attempt(
         self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
     ) -> CallFailure | None:
-        """One try: wait for the breaker and for room in the provider's windows, send.
-
-        A request waiting for room when the breaker opens goes back to waiting for it."""
+        """One try: wait for the breaker, for room in the provider's windows and for a slot
+        among the requests in flight, then send. A request that finds the breaker open at
+        the last moment goes back to waiting for it; one that finds the endpoint refusing
+        this worker (401/403/404 on another request) fails without being sent."""
+        assert self._sem is not None
         while True:
+            if self._refused is not None:
+                return self._refused
             if not await self._wait_for_breaker(job, outcome):
                 return None
             tickets = await self._wait_for_capacity(job, outcome.stats)
-            if self.breaker.allow():
-                return await self._send(inputs, job, tickets, outcome)
+            async with self._sem:
+                if self._refused is None and self.breaker.allow():
+                    job.probing = self.breaker.trial_in_flight
+                    return await self._send(inputs, job, tickets, outcome)
             self._cancel(tickets)
 
     # -- breaker -------------------------------------------------------------------------
@@ -700,17 +755,16 @@ class ApiEmbedder:
         self, inputs: Sequence[ApiInput], job: _Job, tickets: tuple[WindowTicket, WindowTicket],
         outcome: EmbedOutcome,
     ) -> CallFailure | None:
-        assert self._sem is not None and self._client is not None
+        assert self._client is not None
         stats = outcome.stats
-        async with self._sem:
-            t0 = self._clock()
-            try:
-                raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, job))
-                reply, vectors = self._parsed(raw, len(job.idxs))
-            except Exception as exc:  # noqa: BLE001 - classified; unknown types are terminal
-                return self._on_failed_reply(exc, job, tickets, stats)
-            finally:
-                stats.latencies_s.append(self._clock() - t0)
+        t0 = self._clock()
+        try:
+            raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, job))
+            reply, vectors = self._parsed(raw, len(job.idxs))
+        except Exception as exc:  # noqa: BLE001 - classified; unknown types are terminal
+            return self._on_failed_reply(exc, job, tickets, stats)
+        finally:
+            stats.latencies_s.append(self._clock() - t0)
         self._on_success(inputs, job, tickets, reply, vectors, dict(raw.headers), outcome)
         return None
 
@@ -762,7 +816,7 @@ class ApiEmbedder:
         else:
             self._cancel(tickets)  # an error status or no connection: nothing was admitted
         if failure.status.isdigit():
-            self._follow(headers, stats)
+            self._follow(headers, stats, answered=not failure.status.startswith("5"))
         if failure.counts_for_breaker:
             self.breaker.record_failure()
         else:
@@ -826,7 +880,7 @@ class ApiEmbedder:
         elif job.tokens > 0:
             self._ratio = max(self._ratio, billed / job.tokens)
         self._settle(tickets, billed if not unmetered else self._reserved_tokens(job))
-        self._follow(headers, stats)
+        self._follow(headers, stats, answered=True)
         if job.reserved:
             self.spend.settle(job.bound, billed)
             job.reserved = False
@@ -855,8 +909,11 @@ class ApiEmbedder:
         stats.billed_tokens += prompt_tokens
         return prompt_tokens
 
-    def _follow(self, headers: Mapping[str, str], stats: ApiCallStats) -> None:
-        """Follow the provider's own view of its windows (see the module docstring)."""
+    def _follow(self, headers: Mapping[str, str], stats: ApiCallStats, *, answered: bool) -> None:
+        """Follow the provider's own view of its windows (see the module docstring).
+
+        The first reply that says where the windows stand (or any answer but a 5xx, which
+        may come from a proxy in front of the provider) ends the one-at-a-time start."""
         assert self._calibrated is not None
         state = parse_rate_limit_headers(headers)
         self._adopt_provider_limits(state.limit_tokens, state.limit_requests)
@@ -865,7 +922,8 @@ class ApiEmbedder:
             stats.held_tokens += self._tpm.follow(state.remaining_tokens, state.reset_tokens_s, now)
         if state.remaining_requests is not None:
             self._rpm.follow(state.remaining_requests, state.reset_requests_s, now)
-        self._calibrated.set()
+        if state.known or answered:
+            self._calibrated.set()
 
     def _adopt_provider_limits(self, limit_tokens: int | None, limit_requests: int | None) -> None:
         lower_tokens = limit_tokens is not None and 0 < limit_tokens < self._tpm.limit

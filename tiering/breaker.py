@@ -93,11 +93,6 @@ class CircuitBreaker:
             return True
         return False
 
-    def release_trial(self) -> None:
-        """The trial was claimed but not sent (the caller changed its mind): free it."""
-        if self._trial_in_flight:
-            self._trial_in_flight = False
-
     def record_success(self) -> None:
         """The endpoint answered: close the breaker and forget past failures."""
         was = self.state
