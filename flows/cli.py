@@ -7,6 +7,7 @@ explains its options.
 """
 
 # Prefect before Beam (see flows.embed).
+import contextlib
 import json
 import logging
 import os
@@ -93,16 +94,23 @@ def run(
     set named in the report (replay it with `tierembed replay`).
     """
     _setup_logging(verbose)
+    from beam_pipeline.progress import run_progress_dir
     from beam_pipeline.read import match_sources
-    from flows.embed import embed_documents
+    from flows.embed import embed_documents, new_run_id
+    from flows.progress_line import ProgressLine
     from flows.reporting import render_text
     from tiering.settings import load_settings
 
     try:
         # Fail fast, before Prefect starts: bad settings, missing input.
-        match_sources(source, load_settings(config).input.format)
-        result = embed_documents(source=source, config_path=str(config) if config else None,
-                                 budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh)
+        settings = load_settings(config)
+        match_sources(source, settings.input.format)
+        run_id = new_run_id()
+        live = ProgressLine(run_progress_dir(settings.telemetry.progress_dir, run_id))
+        with live if verbose and not dry_run else contextlib.nullcontext():
+            result = embed_documents(source=source, config_path=str(config) if config else None,
+                                     budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
+                                     run_id=run_id)
     except TierembedError as exc:
         _fail(exc)
         return

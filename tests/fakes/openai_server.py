@@ -275,6 +275,9 @@ class FakeServerConfig:
     """Answer every embeddings request 503."""
     poison_marker: str | None = "__POISON__"
     """Text inputs containing this marker are rejected 400; None disables it."""
+    api_keys: tuple[str, ...] = ()
+    """Keys accepted on ``/v1/*``; any other key is answered 401 ``invalid_api_key``, as
+    OpenAI does. Empty accepts every key."""
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "timeout_rate", "malformed_rate", "missing_data_rate"):
@@ -305,7 +308,7 @@ class FakeServerConfig:
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise TypeError(f"unknown FakeServerConfig field(s) {unknown}; known: {_field_names()}")
-        tuples = {"models", "error_statuses", "fail_next"}
+        tuples = {"models", "error_statuses", "fail_next", "api_keys"}
         coerced: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         return replace(self, **coerced)
 
@@ -863,6 +866,11 @@ class _FakeOpenAIApp:
 
     def route(self, method: str, path: str, body: bytes, key: str = "") -> _Reply:
         path = path.split("?", 1)[0].rstrip("/")
+        keys = self.config.api_keys
+        if path.startswith("/v1/") and keys and key not in keys:
+            shown = f"{key[:3]}***{key[-2:]}" if len(key) > 6 else "***"
+            refused = _RequestError(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
+            return _error_reply(refused, counted=path == "/v1/embeddings")
         if (method, path) == ("POST", "/v1/embeddings"):
             return self.embeddings(body, key)
         if method == "GET" and path.startswith("/v1/models"):
@@ -1267,6 +1275,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--missing-data-rate", type=float, default=0.0)
     add("--dead", action="store_true")
     add("--poison-marker", default="__POISON__", help="empty disables it")
+    add("--api-keys", default="", help="comma-separated accepted keys; empty accepts any")
     return parser.parse_args(argv)
 
 
@@ -1274,13 +1283,14 @@ def _config_from_args(args: argparse.Namespace) -> FakeServerConfig:
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
 
-    listed = ("models", "error_statuses", "fail_next", "poison_marker")
+    listed = ("models", "error_statuses", "fail_next", "poison_marker", "api_keys")
     simple = {name: getattr(args, name) for name in _field_names() if name not in listed}
     return FakeServerConfig(
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         error_statuses=ints(args.error_statuses),
         fail_next=ints(args.fail_next),
         poison_marker=args.poison_marker or None,
+        api_keys=tuple(k.strip() for k in args.api_keys.split(",") if k.strip()),
         **simple,
     )
 

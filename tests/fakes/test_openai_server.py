@@ -450,3 +450,17 @@ def test_subprocess_serves_one_request_and_stops_on_sigterm() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_unknown_api_keys_are_refused_401_on_every_api_route() -> None:
+    with FakeOpenAIServer(FakeServerConfig(api_keys=("good",))) as srv:
+        with make_client(srv) as wrong:  # api_key="test"
+            with pytest.raises(openai.AuthenticationError) as caught:
+                wrong.embeddings.create(model=MODEL, input="x")
+            with pytest.raises(openai.AuthenticationError):
+                wrong.models.retrieve(MODEL)
+        with openai.OpenAI(base_url=srv.base_url, api_key="good", max_retries=0) as right:
+            right.embeddings.create(model=MODEL, input="x")
+        stats = srv.stats()
+    assert caught.value.code == "invalid_api_key" and "good" not in caught.value.message
+    assert stats.responses_by_status == {401: 1, 200: 1}

