@@ -142,6 +142,8 @@ def _report_from_dict(d: dict) -> "object":
         dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
         month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],
         duration_s=d["duration_s"], endpoint=d["endpoint"], notes=tuple(d.get("notes", ())),
+        api_breaker=tuple(sorted(d.get("api_breaker", {}).items())),
+        api_cached=d.get("api_cached", 0), api_size_splits=d.get("api_size_splits", 0),
     )
 
 

@@ -75,8 +75,11 @@ class RunTelemetry:
             return
         if report.skipped_unchanged:
             tel.record_outcome("skipped", NO_TIER, NO_TIER, report.skipped_unchanged)
-        tel.set_budget("month", limit_usd=status.monthly_limit_usd, spend_usd=status.month_to_date_usd)
-        tel.set_budget("run", limit_usd=status.run_limit_usd, spend_usd=status.run_spend_usd)
+        moved = status.documents_moved()
+        tel.set_budget("month", limit_usd=status.monthly_limit_usd, spend_usd=status.month_to_date_usd,
+                       moved=moved["month"])
+        tel.set_budget("run", limit_usd=status.run_limit_usd, spend_usd=status.run_spend_usd,
+                       moved=moved["run"])
         if self._progress is not None:
             self._progress.stop(complete=True, note=(
                 f"{report.written} written, {report.dead_letters} dead-lettered, "

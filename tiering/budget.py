@@ -258,6 +258,17 @@ class BudgetStatus:
                                    self.warn_fraction, demoted))
         return tuple(a for a in out if a.level is not BudgetLevel.OK)
 
+    def documents_moved(self) -> dict[str, int]:
+        """Documents moved away from the paid tier, by the limit that moved them (``run``
+        or ``month``; the other is 0): what the ``tierembed.budget.moved`` gauge exports."""
+        moved = {"run": 0, "month": 0}
+        if self.documents_over_budget:
+            binding = "month" if self._month_binds() else "run"
+            if binding == "run" and self.run_limit_usd is None:
+                binding = "month"
+            moved[binding] = self.documents_over_budget
+        return moved
+
     def gauges(self) -> dict[str, float]:
         """Current values for the budget gauges (absent limits are left out)."""
         values = {

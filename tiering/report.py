@@ -10,7 +10,10 @@ Counter names (namespace ``tierembed``): ``records_read``, ``documents_valid``,
 ``dead_letters.<stage>``, ``routed.<tier>.<version>``, ``embedded.<tier>.<version>``,
 ``chunked.<tier>.<version>``, ``chunks.<tier>.<version>``, ``est_tokens.<tier>.<version>``,
 ``billed_tokens.api.<version>``, ``fell_back.api.<version>``, ``written.<version>``,
-``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``.
+``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``,
+``api_breaker.<version>.<from>-><to>`` (circuit breaker transitions),
+``cached.api.<version>`` (documents whose vectors came from the result cache, paid earlier),
+``api_size_splits.<version>`` and ``api_budget_splits.<version>``.
 
 Budget figures: ``budget_usd`` is the budget the run was planned with (the tighter of the
 per-run cap and what the month had left), ``month_to_date_usd`` the month's committed spend
@@ -19,7 +22,7 @@ before the run; ``run_left_usd`` and ``month_left_usd`` are what is left after i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tiering.pricing import Price, cost_usd
@@ -66,6 +69,9 @@ class RunReport:
     endpoint: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     fell_back_budget: int = 0  # targets the runtime spend guard moved to the local tier
+    api_breaker: tuple[tuple[str, int], ...] = ()  # circuit breaker transitions, by name
+    api_cached: int = 0  # API documents whose vectors came from the result cache
+    api_size_splits: int = 0  # requests split after a refusal for size
 
     @property
     def dead_letters(self) -> int:
@@ -141,6 +147,9 @@ class RunReport:
             "api_documents_wanted": self.api_documents_wanted,
             "api_requests": dict(self.api_requests),
             "api_retries": self.api_retries,
+            "api_breaker": dict(self.api_breaker),
+            "api_cached": self.api_cached,
+            "api_size_splits": self.api_size_splits,
             "dead_letter_path": self.dead_letter_path,
             "duration_s": round(self.duration_s, 3),
             "endpoint": self.endpoint,
@@ -183,6 +192,16 @@ def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Pric
     )
 
 
+def _summed(counters: Mapping[str, int], prefix: str,
+            name: Callable[[str], str]) -> tuple[tuple[str, int], ...]:
+    """Counters under ``prefix`` summed by ``name(key)`` (over model versions), sorted."""
+    out: dict[str, int] = {}
+    for key, n in counters.items():
+        if key.startswith(prefix) and n:
+            out[name(key)] = out.get(name(key), 0) + n
+    return tuple(sorted(out.items()))
+
+
 def build_report(
     *,
     run_id: str,
@@ -220,6 +239,9 @@ def build_report(
         fell_back_budget=sum(n for k, n in counters.items() if k.startswith("fell_back_budget.")),
         api_requests=tuple(sorted(merged.items())),
         api_retries=sum(n for k, n in counters.items() if k.startswith("api_retries.")),
+        api_breaker=_summed(counters, "api_breaker.", lambda k: k.rsplit(".", 1)[1]),
+        api_cached=sum(n for k, n in counters.items() if k.startswith("cached.api.")),
+        api_size_splits=sum(n for k, n in counters.items() if k.startswith("api_size_splits.")),
         dead_letter_path=dead_letter_path,
         **extra,  # type: ignore[arg-type]
     )
