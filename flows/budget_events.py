@@ -32,6 +32,7 @@ from tiering.report import RunReport
 from tiering.settings import BudgetSettings
 
 __all__ = [
+    "resume_deployment",
     "EVENT_PREFIX",
     "Emit",
     "budget_event",
@@ -156,3 +157,19 @@ def settle_budget(
         alerts = status.alerts()
     notes.extend(f"budget {a.level.value} ({a.scope}): {a.message()}" for a in alerts)
     return replace(report, notes=tuple(notes)), status
+
+
+def resume_deployment(name: str) -> tuple[str, bool]:
+    """Resume a deployment the budget automation paused (``<flow>/<deployment>``), through
+    the Prefect API in ``PREFECT_API_URL``. Returns its id and whether it had been paused.
+
+    Prefect 3.9 has no ``prefect deployment resume`` command (``prefect deployment schedule
+    resume`` resumes schedules, not a paused deployment); this calls the client's own
+    ``resume_deployment``."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        was_paused = bool(deployment.paused)
+        client.resume_deployment(deployment.id)
+    return str(deployment.id), was_paused
