@@ -888,6 +888,7 @@ class ApiEmbedder:
         for pos, i in enumerate(job.idxs):
             outcome.vectors[i] = vectors[pos]
             outcome.billed_tokens[i] = shares[pos]
+        self._notify()  # the bill replaced the bound: requests waiting for budget may go
         self._hand_over(ApiReply(job.idxs, tuple(vectors), tuple(shares), unmetered, stats))
 
     def _hand_over(self, reply: ApiReply) -> None:
