@@ -155,3 +155,71 @@ def test_a_run_whose_api_requests_all_failed_is_not_passed_off_as_a_success() ->
         raise_if_api_never_worked(report(0, {"503": 7, "connection": 5}))
     raise_if_api_never_worked(report(2, {"503": 7, "200": 2}))  # it worked, if badly
     raise_if_api_never_worked(report(0, {}))  # nothing was sent (all cached, or no budget)
+
+
+# ---------------------------------------------------------------- failures visible
+
+
+def _config_file(tmp_path, base_url: str, **api: object):  # type: ignore[no-untyped-def]
+    import yaml
+
+    cfg = {
+        "api": {"endpoint": "custom", "base_url": base_url, "api_key": "test",
+                "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}],
+                **api},
+        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+        "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
+        "dead_letters": {"dir": str(tmp_path / "dl")},
+        "budget": {"ledger_path": str(tmp_path / "ledger.sqlite")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _docs(tmp_path):  # type: ignore[no-untyped-def]
+    from tests.conftest import corpus, write_jsonl
+
+    docs = corpus(4)
+    for d in docs[:2]:
+        d["metadata"]["priority"] = "high"
+    return write_jsonl(tmp_path / "docs.jsonl", docs)
+
+
+@pytest.mark.slow
+def test_the_cli_fails_with_a_clear_message_when_the_api_endpoint_is_unreachable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PREFECT_API_URL"))}
+    env["PYTHONPATH"] = str(root)
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(_docs(tmp_path)), "--config",
+                          str(_config_file(tmp_path, url))], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0
+    assert "cannot reach" in run.stderr and url in run.stderr and "api.base_url" in run.stderr
+
+
+@pytest.mark.slow
+def test_flow_runs_whose_api_tier_never_worked_end_failed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.embed import embed_documents
+    from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig
+
+    unreachable = _config_file(tmp_path, f"http://127.0.0.1:{_free_port()}/v1")
+    with FakeOpenAIServer(FakeServerConfig(dead=True)) as dead, prefect_test_harness(server_startup_timeout=120):
+        before = embed_documents(source=str(_docs(tmp_path)), config_path=str(unreachable),
+                                 return_state=True)
+        failing = _config_file(tmp_path, dead.base_url, breaker={"max_wait_s": 0},
+                               retry={"max_attempts": 2, "base_delay_s": 0.01})
+        after = embed_documents(source=str(_docs(tmp_path)), config_path=str(failing),
+                                return_state=True)
+        requests = dead.stats().requests_total
+
+    assert before.is_failed() and "cannot reach" in str(before.message)
+    assert after.is_failed() and requests > 0
+    assert "every one of" in str(after.message) and "tierembed replay" in str(after.message)

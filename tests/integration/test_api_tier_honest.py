@@ -89,11 +89,11 @@ def test_a_budget_of_30_percent_holds_from_the_first_request(
 ) -> None:
     if text == "english":  # counted 7% above the estimate
         config = FakeServerConfig(token_count="estimate", token_ratio=1.07)
-        texts = _texts(1000)
+        texts = _texts(400)
     else:  # 6-letter non-words: a real tokenizer bills several tokens for each
         config = FakeServerConfig(token_count="tokenizer")
         texts = [" ".join(f"{chr(65 + (i + k) % 26)}{chr(66 + (i * k) % 24)}X{i % 10}Q{k}"
-                          for k in range(6)) for i in range(400)]
+                          for k in range(6)) for i in range(200)]
     with FakeOpenAIServer(config) as server:
         estimate = sum(estimate_tokens(t) for t in texts)
         provider = sum(billed_tokens(t, config) for t in texts)
