@@ -151,7 +151,8 @@ def test_a_run_whose_api_requests_all_failed_is_not_passed_off_as_a_success() ->
         return RunReport("r", "src", 8, 8, (), lines, 8, 8, 0, 0, tuple(statuses.items()), 0,
                          "dl/r*.jsonl", endpoint="openai-compatible http://x/v1")
 
-    with pytest.raises(ApiTierUnavailable, match=r"every one of 12 requests .* failed \(503: 7, connection: 5\)"):
+    failed = r"every one of 12 requests .* failed \(503: 7, connection: 5\)"
+    with pytest.raises(ApiTierUnavailable, match=failed):
         raise_if_api_never_worked(report(0, {"503": 7, "connection": 5}))
     raise_if_api_never_worked(report(2, {"503": 7, "200": 2}))  # it worked, if badly
     raise_if_api_never_worked(report(0, {}))  # nothing was sent (all cached, or no budget)
@@ -211,7 +212,8 @@ def test_flow_runs_whose_api_tier_never_worked_end_failed(tmp_path) -> None:  # 
     from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig
 
     unreachable = _config_file(tmp_path, f"http://127.0.0.1:{_free_port()}/v1")
-    with FakeOpenAIServer(FakeServerConfig(dead=True)) as dead, prefect_test_harness(server_startup_timeout=120):
+    with FakeOpenAIServer(FakeServerConfig(dead=True)) as dead, \
+            prefect_test_harness(server_startup_timeout=120):
         before = embed_documents(source=str(_docs(tmp_path)), config_path=str(unreachable),
                                  return_state=True)
         failing = _config_file(tmp_path, dead.base_url, breaker={"max_wait_s": 0},
