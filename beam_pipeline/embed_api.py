@@ -54,6 +54,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from beam_pipeline.api_embedder import (
+    ApiCallStats,
     ApiEmbedder,
     ApiEmbedderConfig,
     ApiInput,
@@ -151,6 +152,8 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         if self._embedder is not None:
             self._embedder.close()
             self._embedder = None
+        if self._progress is not None:
+            self._progress.close()  # what the throttle held back
 
     def process(self, batch: Sequence[RoutedDocument]) -> Iterator[object]:
         assert self._embedder is not None
@@ -216,16 +219,18 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
             assert group is not None
             batch.waiting[group] -= 1
             done += batch.waiting[group] == 0
-        stats = reply.stats
+        self._progress.add(api_documents=done, api_tokens=billed,
+                           api_cost_usd=cost_usd(billed, self._branch.price),
+                           **self._request_progress(reply.stats))
+
+    def _request_progress(self, stats: ApiCallStats) -> dict[str, float]:
+        """Requests, 429s and waits of the running call not yet reported as progress."""
         requests = sum(stats.requests_by_status.values())
         r429 = stats.requests_by_status.get("429", 0)
         seen_requests, seen_429, seen_wait = self._seen
         self._seen = (requests, r429, stats.rate_limit_wait_s)
-        self._progress.add(
-            api_documents=done, api_tokens=billed,
-            api_cost_usd=cost_usd(billed, self._branch.price),
-            api_requests=max(0, requests - seen_requests), api_429=max(0, r429 - seen_429),
-            api_wait_s=max(0.0, stats.rate_limit_wait_s - seen_wait))
+        return {"api_requests": max(0, requests - seen_requests), "api_429": max(0, r429 - seen_429),
+                "api_wait_s": max(0.0, stats.rate_limit_wait_s - seen_wait)}
 
     def _resolve(self, routed: RoutedDocument, idxs: list[int], outcome: EmbedOutcome) -> Iterator[object]:
         failed = [outcome.failures[i] for i in idxs if i in outcome.failures]
@@ -303,6 +308,8 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
     def _record_stats(self, outcome: EmbedOutcome) -> None:
         version = self._branch.version
         stats = outcome.stats
+        if self._progress is not None:  # what came after the call's last reply (failures)
+            self._progress.add(**self._request_progress(stats))
         self._seen = (0, 0, 0.0)  # the next embed call starts its stats afresh
         for transition, n in stats.breaker_transitions.items():
             _counter(f"api_breaker.{version}.{transition}").inc(n)

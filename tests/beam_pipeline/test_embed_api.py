@@ -395,3 +395,22 @@ def test_a_killed_embed_leaves_every_billed_reply_in_the_ledger_and_the_rerun_pa
     missing = [t for i, t in enumerate(texts) if i not in hits]
     assert server.stats().billed_tokens_total == sum(billed_tokens(t, server.config) for t in missing)
     assert server.stats().billed_inputs_by_model == {MODEL: len(missing)}
+
+
+def test_the_stage_reports_its_progress_as_replies_arrive(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    from beam_pipeline.progress import read_progress
+    from beam_pipeline.telemetry import ModelSeries, TelemetryContext
+    from tiering.settings import TelemetrySettings
+
+    ctx = TelemetryContext(TelemetrySettings(), "run-p", (ModelSeries("api", VERSION, "fake", MODEL),),
+                           str(tmp_path / "progress"))
+    server.configure(fail_next=[429], fault_retry_after_s=0.05)
+    docs = [routed(f"d{i}", listing(i)) for i in range(9)]
+    api = replace(branch(server, limits=RequestLimits(4, 300_000, PER_INPUT)), telemetry=ctx)
+    run_stage(api, docs, embedded=ids({f"d{i}" for i in range(9)}), fallback=ids(set()), dead=ids(set()))
+
+    progress = read_progress(str(tmp_path / "progress"))
+    stats = server.stats()
+    assert progress.api_documents == 9 and progress.api_tokens == stats.billed_tokens_total
+    assert progress.api_cost_usd == pytest.approx(float(stats.billed_tokens_total * PRICE.per_token))
+    assert progress.api_requests == stats.requests_total and progress.api_429 == 1
