@@ -63,5 +63,6 @@ def test_the_prefect_artifact_moves_with_the_api_replies_before_anything_is_writ
     assert artifact.poll() == 50.0
     artifact.stop(complete=True, note="done")
     assert [p for p, _ in updates] == [25.0, 50.0, 100.0]
-    assert "API tier: 50 documents, 1700 tokens billed ($0.001700), 5 requests, 1 answered 429" in updates[1][1]
+    api = "API tier: 50 documents, 1700 tokens billed ($0.001700), 5 requests, 1 answered 429"
+    assert api in updates[1][1]
     assert read_progress(str(tmp_path)).api_documents == 50
