@@ -128,7 +128,7 @@ def test_429_storm_is_waited_out_and_every_document_lands(server: FakeOpenAIServ
 
 
 def test_retry_after_holds_the_refused_request_not_the_whole_worker(server: FakeOpenAIServer) -> None:
-    server.configure(fail_next=[429], fault_retry_after_s=0.6)
+    server.configure(fail_next=[429], fault_retry_after_s=2.0)
     client = TimedClient(server.base_url)
     config = make_config(server, limits=RequestLimits(1, 300_000, 8192))
 
@@ -138,9 +138,9 @@ def test_retry_after_holds_the_refused_request_not_the_whole_worker(server: Fake
     throttled_at = next(t for t, status in client.ended if status == 429)
     later = sorted(t - throttled_at for t in client.sent if t > throttled_at)
     assert len(later) == 3  # the retry and both requests that were still waiting
-    assert later[-1] >= 0.6 - 0.01  # the refused one came back no sooner than told
-    assert later[-1] <= 0.6 + 0.02 + 0.3
-    assert later[0] < 0.3  # the others went on: the window had room (the 429 took nothing)
+    assert later[-1] >= 2.0 - 0.01  # the refused one came back no sooner than told
+    assert later[-1] <= 2.0 + 0.02 + 1.5  # (generous: a busy machine)
+    assert later[0] < 1.0  # the others went on: the window had room (the 429 took nothing)
 
 
 def test_provider_window_partly_used_elsewhere_is_not_overrun(direction: str) -> None:
@@ -179,7 +179,7 @@ def test_requests_within_one_window_go_at_once_and_the_next_wait_for_it_to_slide
         stats = srv.stats()
 
     assert len(outcome.vectors) == 120 and 429 not in stats.responses_by_status
-    assert 2.0 <= elapsed < 2 * 2.0 + 1.5
+    assert 2.0 <= elapsed < 3 * 2.0 + 3.0  # one window's wait, not a stall (generous: busy machines)
     for t, _ in stats.admitted:  # the provider's window never held more than its limit
         assert sum(n for u, n in stats.admitted if t - 2.0 < u <= t) <= 4000
 
@@ -217,7 +217,7 @@ def test_one_input_larger_than_the_whole_limit_is_dead_lettered_not_waited_for(d
         started = time.monotonic()
         outcome = run(config, items)
 
-        assert time.monotonic() - started < 5.0  # no 60-second retry-after was waited out
+        assert time.monotonic() - started < 20.0  # no 60-second retry-after was waited out
         failure = outcome.failures[0]
         assert (failure.status, failure.error_type, failure.retryable) == (
             "too_large", "InputTooLargeForRateLimit", False)
@@ -456,7 +456,7 @@ def test_requests_whose_wait_for_the_breaker_passes_the_bound_are_short_circuite
 
     assert outcome.short_circuited and not outcome.vectors
     assert len(outcome.short_circuited) + len(outcome.failures) == 6
-    assert time.monotonic() - started < 5.0  # bounded by the wait, not by the retry budget
+    assert time.monotonic() - started < 15.0  # bounded by the wait, not by the 30 s retry budget
 
 
 # ---------------------------------------------------------------- cost and limits
