@@ -1,6 +1,6 @@
 """The API tier's backend: OpenAI or any OpenAI-compatible embeddings endpoint.
 
-Retry layer: ``ApiEmbedder._run_request`` is the ONE retry layer on this call path. The
+Retry layer: ``ApiEmbedder._attempts`` is the ONE retry layer on this call path. The
 official ``openai`` client is built with ``max_retries=0``; Beam and Prefect do not retry
 this work either. It retries 408/409/429/5xx, timeouts, connection errors and malformed
 replies with exponential backoff and full jitter (:class:`tiering.backoff.BackoffPolicy`:
@@ -10,76 +10,107 @@ indices or counts); an exception of a type this module does not know becomes a t
 :class:`CallFailure` naming the type, so one odd reply dead-letters its batch's inputs and
 never crashes the run.
 
-Pacing, per endpoint and model (this worker's share, see ``api.worker_share``):
+Requests that fit (per endpoint and model, this worker's share, see ``api.worker_share``):
 
-* requests are packed by estimated tokens up to the model's per-request limits, the inputs
-  of one group (the chunks of one document, :attr:`ApiInput.group`) together when they fit;
-  inputs over the per-input limit (:attr:`ApiEmbedder.max_tokens_per_input`, the model's
-  limit capped by tokens per minute) are never sent (``InputTooLong``);
-* two aiolimiter leaky buckets, requests per minute and tokens per minute (each request
-  acquires its estimated tokens), plus a cap on requests in flight;
-* the buckets follow the provider: after a reply the estimate is replaced by the billed
-  ``usage`` (the difference is refunded), a rejected request's tokens are refunded, and
-  ``x-ratelimit-remaining-*`` lowers the local room to what the provider reports
-  (:func:`tiering.ratelimits.synced_level`), so the local bucket waits exactly the deficit
-  over the refill rate instead of a full reset;
-* until the first informative reply, requests go out one at a time: the local buckets start
-  full, the provider's may not (an earlier run, another client), and one probe's headers
-  tell us where it stands before a burst;
-* a 429's ``Retry-After`` / ``retry-after-ms`` (or, without them, the deficit from the
-  ``x-ratelimit-*`` headers) pauses every request of this worker, not only the one refused.
+* inputs are packed by estimated tokens up to the model's per-request limits and, on top,
+  to ``max_request_share`` of the tokens-per-minute limit divided by the highest
+  billed/estimated ratio seen so far, so one request never takes more than a small share
+  of the provider's minute even when the provider counts more than our estimate; the
+  inputs of one group (the chunks of one document, :attr:`ApiInput.group`) go together
+  when they fit;
+* a refusal for size splits the request instead of waiting: a 400 about the input
+  (``context_length_exceeded``, too many tokens in the request) is bisected, and a 429 on
+  tokens for a request that could be larger than the provider's whole token limit is
+  split in halves. OpenAI's "Request too large" comes as a 429 whose structured fields
+  (``type: "tokens"``, ``code: "rate_limit_exceeded"``) are those of any TPM limit (seen
+  in public reports, e.g. github.com/TheR1D/shell_gpt/issues/653 and
+  github.com/Aider-AI/aider/issues/1880); only the message text differs, which this module
+  never reads. So the decision is structural: the request's upper bound of tokens (its
+  UTF-8 bytes, :func:`tiering.chunking.token_upper_bound`) against
+  ``x-ratelimit-limit-tokens``. The same request is never sent unchanged after such a
+  refusal; a single input that cannot fit is dead-lettered.
 
-Failures: a circuit breaker stops calling an endpoint that keeps failing (the documents of
-short-circuited requests are reported so the caller can route them to the local tier or
-dead-letter them); a 400-class reply about the input is bisected so only the offending
-input is dead-lettered; 401/403/404 mean the endpoint refuses this worker (bad key, wrong model or
-URL), so later requests fail at once without being sent; their inputs are reported
-retryable (fix the configuration, then replay). An optional spend cap (this worker's share
-of the run budget) keeps requests whose estimated cost would pass it from being sent at
-all; once one input of a group is refused, the group's inputs not yet sent are refused too
-(a document is embedded whole or not at all). What remains: chunks of a document sent in
-an earlier request are billed even if a later chunk fails or is refused; those tokens stay
-in ``billed_tokens`` and the cost.
+Pacing by the provider's own state: requests and tokens go through two
+:class:`tiering.ratelimits.SlidingWindow` s, the client's mirror of the provider's
+60-second windows (not a leaky bucket: the provider frees capacity only as old requests
+leave its window). A request counts from when it is sent, at its estimate times the
+highest billed/estimated ratio seen (plus a margin), until one window after its reply,
+where the bill replaces the estimate. ``x-ratelimit-remaining-*`` is the authority: when
+it reports less room than the window sees, the difference is held until
+``x-ratelimit-reset-*``; ``x-ratelimit-limit-*`` below the configured limit replaces it.
+Requests are admitted first come, first served. Until the first reply, requests go out one
+at a time (the provider's window may already be partly used). A 429 makes only the refused
+request wait (its ``Retry-After``); the others wait on the corrected window.
+
+Failures: a circuit breaker stops calling an endpoint that keeps failing. While it is open,
+requests wait for it (at most ``breaker_max_wait_s`` each, counted from when they first
+found it open); after ``reset_after_s`` one waiting request probes the endpoint, and its
+success lets all of them go. A request whose wait passes the bound is reported
+short-circuited (the caller routes it to the local tier or the dead letters). Every
+transition is logged and counted. A 400-class reply about the input is bisected so only
+the offending input is dead-lettered; 401/403/404 mean the endpoint refuses this worker
+(bad key, wrong model or URL), so later requests fail at once without being sent; their
+inputs are reported retryable (fix the configuration, then replay).
+
+A budget that holds from the first request: with a spend cap (this worker's share of the
+run budget), a request is sent only if the bill so far plus an *upper bound* of every
+request in flight, its own included, stays within the cap (:class:`tiering.pricing.
+SpendGuard`); the bound is the inputs' UTF-8 bytes, which no tokenizer exceeds, so a
+provider that counts more than our estimate cannot push billed spend past the cap. Near
+the cap a request waits for the replies in flight, then is split by document, and only a
+document that cannot fit even alone is refused (``over_budget``); once one input of a
+group is refused, the group's inputs not yet sent are refused too (a document is embedded
+whole or not at all). Chunks of a document sent in an earlier request are billed even if
+a later chunk fails or is refused; those tokens stay in ``billed_tokens`` and the cost.
 
 Billing of failed requests: a request that got an error status or a malformed reply is
 taken as unbilled and gives its spend reservation back. A request that timed out may still
-have been served and billed after the client gave up, so its reservation is kept as an
-upper bound (settled at the estimate in the spend guard); it is not counted in
-``billed_tokens`` or the cost, only in ``ApiCallStats.timed_out_est_tokens``. Replies
-without ``usage`` are charged at the estimate and flagged (``EmbedOutcome.unmetered``,
-``ApiCallStats.unmetered_tokens``).
+have been served and billed after the client gave up, so its reservation (the upper bound)
+is kept as spent; it is not counted in ``billed_tokens`` or the cost, only in
+``ApiCallStats.timed_out_est_tokens``. Replies without ``usage`` are charged at the
+estimate and flagged (``EmbedOutcome.unmetered``, ``ApiCallStats.unmetered_tokens``).
 
-Provider error text is scrubbed of the configured API key and of anything shaped like an
-``sk-...`` key before it goes into a :class:`CallFailure` (and so into logs and dead letters).
+Every 200 reply is handed, as it arrives, to the optional ``on_reply`` callback (the Beam
+stage writes its vectors to the result cache and its bill to the spend ledger, so a killed
+run pays again only for requests in flight).
 
-Vendor exceptions are mapped to :class:`CallFailure` in ``_classify`` and nowhere else, by
-exception type and status code. This module imports no Beam: ``embed_api.py`` adapts it.
+Vendor exceptions and replies are mapped in one place, :mod:`beam_pipeline.api_calls`
+(``classify``, ``parse_reply``), which also holds the records this module takes and gives.
+This module imports no Beam: ``embed_api.py`` adapts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import math
 import random
-import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
-from aiolimiter import AsyncLimiter
-
-from tiering.backoff import BackoffPolicy
+from beam_pipeline.api_calls import (
+    ApiCallStats,
+    ApiEmbedderConfig,
+    ApiInput,
+    ApiReply,
+    CallFailure,
+    EmbedOutcome,
+    classify,
+    headers_of,
+    parse_reply,
+)
 from tiering.breaker import BreakerState, CircuitBreaker
+from tiering.chunking import token_upper_bound
 from tiering.packing import RequestLimits, pack_grouped
-from tiering.pricing import Price, SpendGuard, apportion
-from tiering.ratelimits import parse_rate_limit_headers, server_wait_s, synced_level
+from tiering.pricing import SpendGuard, apportion
+from tiering.ratelimits import SlidingWindow, WindowTicket, parse_rate_limit_headers
 
-__all__ = [
+__all__ = [  # the records live in beam_pipeline.api_calls; kept importable from here
     "ApiEmbedderConfig",
     "ApiInput",
+    "ApiReply",
     "CallFailure",
     "ApiCallStats",
     "EmbedOutcome",
@@ -87,100 +118,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_ENDPOINT_REFUSES = frozenset({401, 403, 404})
-_RETRYABLE_4XX = frozenset({408, 409})
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]+")
-
-
-@dataclass(frozen=True, slots=True)
-class ApiEmbedderConfig:
-    """Everything one worker's embedder needs; limits are this worker's share."""
-
-    base_url: str | None
-    api_key: str
-    model: str
-    provider: str
-    limits: RequestLimits
-    requests_per_minute: int
-    tokens_per_minute: int
-    max_in_flight: int
-    timeout_s: float
-    backoff: BackoffPolicy
-    breaker_failure_threshold: int
-    breaker_reset_after_s: float
-    dimensions: int | None = None
-    input_type: str | None = None
-    spend_cap_usd: float | None = None
-    """This worker's share of the run budget; None = no runtime cap."""
-    price: Price | None = None
-    """The model's price, for the spend cap's estimates (billing uses ``usage``)."""
-
-    def __repr__(self) -> str:  # never print the key
-        return f"ApiEmbedderConfig(base_url={self.base_url!r}, model={self.model!r}, api_key=***)"
-
-
-@dataclass(frozen=True, slots=True)
-class ApiInput:
-    """One text to embed and its estimated tokens (from :mod:`tiering.chunking`)."""
-
-    text: str
-    est_tokens: int
-    group: int | None = None
-    """Inputs sharing a group (the chunks of one document) are packed together when they
-    fit and refused together by the spend cap; None is a group of its own."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallFailure:
-    """One failed attempt, classified. ``status`` is the HTTP code or a failure kind
-    ('timeout', 'connection', 'malformed', 'too_long', 'breaker_open')."""
-
-    status: str
-    error_type: str
-    message: str
-    retryable: bool
-    counts_for_breaker: bool
-    retry_after_s: float | None = None
-    about_input: bool = False
-    """A terminal 4xx that names the input (or nothing): bisect to find the bad one."""
-    endpoint_refused: bool = False
-    """401/403/404: not retried in this run, but retryable by replay once the key, model or
-    endpoint is fixed."""
-
-
-@dataclass
-class ApiCallStats:
-    """What one :meth:`ApiEmbedder.embed` call did; billed and estimated figures apart."""
-
-    requests_by_status: Counter[str] = field(default_factory=Counter)
-    retries: int = 0
-    rate_limit_wait_s: float = 0.0
-    billed_tokens: int = 0
-    """Tokens from replies' ``usage`` (every 200, whatever became of its documents)."""
-    unmetered_tokens: int = 0
-    """Estimated tokens of 200 replies that carried no ``usage`` (not in billed_tokens)."""
-    timed_out_est_tokens: int = 0
-    """Estimated tokens of timed-out requests: maybe billed by the provider, never counted
-    in billed_tokens; the spend guard keeps them as spent (an upper bound)."""
-    sent_est_tokens: int = 0
-    over_budget_inputs: int = 0
-    breaker_opened: int = 0
-    latencies_s: list[float] = field(default_factory=list)
-
-
-@dataclass
-class EmbedOutcome:
-    """Per input index: a vector (with its billed tokens), a failure, or not sent because
-    the breaker was open (``short_circuited``) or the spend cap was reached (``over_budget``)."""
-
-    vectors: dict[int, list[float]] = field(default_factory=dict)
-    billed_tokens: dict[int, int] = field(default_factory=dict)
-    failures: dict[int, CallFailure] = field(default_factory=dict)
-    short_circuited: set[int] = field(default_factory=set)
-    over_budget: set[int] = field(default_factory=set)
-    unmetered: set[int] = field(default_factory=set)
-    """Inputs whose reply had no ``usage``: their ``billed_tokens`` are the estimate."""
-    stats: ApiCallStats = field(default_factory=ApiCallStats)
+_RESERVE_MARGIN = 1.03  # on top of the highest billed/estimated ratio seen, for requests in flight
+_POLL_S = 1.0  # longest sleep between re-checks while waiting on replies in flight
+_LOG_WAITS_OVER_S = 5.0
 
 
 @dataclass
@@ -189,79 +129,33 @@ class _Job:
 
     idxs: tuple[int, ...]
     tokens: int
+    bound: int
     started: float
     failures: int = 0
     throttled: int = 0
+    token_refusals: int = 0
+    probing: bool = False
+    """The last attempt was the breaker's half-open trial."""
     reserved: bool = False
+    breaker_waited_s: float = 0.0
 
 
-class _MalformedReply(Exception):
-    pass
+def _split_by_group(inputs: Sequence[ApiInput], idxs: Sequence[int]) -> list[tuple[int, ...]]:
+    """Two halves of a request that keep every group whole; [] when it is one group."""
+    order: list[int | None] = []
+    for i in idxs:
+        group = inputs[i].group if inputs[i].group is not None else -1 - i
+        if group not in order:
+            order.append(group)
+    if len(order) < 2:
+        return []
+    first = set(order[: len(order) // 2])
 
+    def group_of(i: int) -> int | None:
+        return inputs[i].group if inputs[i].group is not None else -1 - i
 
-class _FollowedLimiter(AsyncLimiter):
-    """aiolimiter's leaky bucket, corrected by what the provider reports."""
-
-    def refund(self, amount: float) -> None:
-        """Give back capacity the provider did not use (a negative amount takes more)."""
-        self._leak()
-        self._level = max(0.0, self._level - amount)
-        self._wake_next()
-
-    def follow(self, server_remaining: float) -> None:
-        """Never keep more room than the provider says is left."""
-        self._leak()
-        self._level = synced_level(self._level, self.max_rate, server_remaining)
-
-
-def _headers_of(exc: BaseException) -> Mapping[str, str]:
-    response = getattr(exc, "response", None)
-    return dict(response.headers) if response is not None else {}
-
-
-def _status_failure(exc: Any, msg: str, needed_tokens: int) -> CallFailure:
-    code = int(exc.status_code)
-    wait = server_wait_s(_headers_of(exc), needed_tokens, time.time())
-    if code == 429:
-        return CallFailure("429", "RateLimited", msg, True, False, wait)
-    if code >= 500 or code in _RETRYABLE_4XX:
-        return CallFailure(str(code), "ServerError", msg, True, True, wait)
-    if code in _ENDPOINT_REFUSES:
-        return CallFailure(
-            str(code), type(exc).__name__,
-            f"{msg}; the endpoint refused this worker: fix api key, model or base_url, then "
-            "replay these documents with `tierembed replay`", True, False, endpoint_refused=True,
-        )
-    about_input = getattr(exc, "param", None) in (None, "input")
-    return CallFailure(str(code), type(exc).__name__, msg, False, False, about_input=about_input)
-
-
-def _scrub(text: str, api_key: str) -> str:
-    """Remove the configured key and anything that looks like an ``sk-`` key."""
-    if len(api_key) >= 4:
-        text = text.replace(api_key, "***")
-    return _KEY_LIKE.sub("sk-***", text)
-
-
-def _classify(exc: BaseException, needed_tokens: int, api_key: str = "") -> CallFailure:
-    """Map an exception from the openai client to a CallFailure (the one vendor mapping).
-
-    Never raises: an exception type not known here is a terminal failure naming the type."""
-    import openai
-
-    msg = _scrub(f"{type(exc).__name__}: {exc}", api_key)[:500]
-    if isinstance(exc, openai.APITimeoutError):
-        return CallFailure("timeout", "Timeout", msg, True, True)
-    if isinstance(exc, openai.APIConnectionError):
-        return CallFailure("connection", "ConnectionError", msg, True, True)
-    if isinstance(exc, openai.APIStatusError):
-        return _status_failure(exc, msg, needed_tokens)
-    if isinstance(exc, (openai.APIResponseValidationError, _MalformedReply, json.JSONDecodeError)):
-        return CallFailure("malformed", "MalformedReply", msg, True, True)
-    return CallFailure(
-        "unexpected", type(exc).__name__,
-        f"unexpected {msg}; not retried (report it as a bug with this message)", False, False,
-    )
+    return [tuple(i for i in idxs if group_of(i) in first),
+            tuple(i for i in idxs if group_of(i) not in first)]
 
 
 class ApiEmbedder:
@@ -275,35 +169,42 @@ class ApiEmbedder:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        on_reply: Callable[[ApiReply], None] | None = None,
     ) -> None:
         self.config = config
         self._client = client
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._on_reply = on_reply
         self.breaker = CircuitBreaker(
-            config.breaker_failure_threshold, config.breaker_reset_after_s, clock
+            config.breaker_failure_threshold, config.breaker_reset_after_s, clock,
+            on_transition=self._breaker_moved,
         )
         self.spend = SpendGuard(config.spend_cap_usd, config.price)
+        self._rpm = SlidingWindow(config.requests_per_minute, config.window_s)
+        self._tpm = SlidingWindow(config.tokens_per_minute, config.window_s)
+        self._ratio = 0.0  # highest billed/estimated ratio of a reply so far; 0 = none yet
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pause_until = 0.0
         self._refused: CallFailure | None = None
         self._warned_limit = False
-        self._rpm: _FollowedLimiter | None = None
-        self._tpm: _FollowedLimiter | None = None
+        self._last_wait_log = -math.inf
+        self._stats: ApiCallStats | None = None  # the running call's, for transition counts
         self._sem: asyncio.Semaphore | None = None
+        self._admission: asyncio.Lock | None = None
         self._probe: asyncio.Lock | None = None
         self._calibrated: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def _ensure_async_parts(self) -> None:
         if self._sem is not None:
             return
-        self._rpm = _FollowedLimiter(self.config.requests_per_minute, 60)
-        self._tpm = _FollowedLimiter(self.config.tokens_per_minute, 60)
         self._sem = asyncio.Semaphore(self.config.max_in_flight)
+        self._admission = asyncio.Lock()
         self._probe = asyncio.Lock()
         self._calibrated = asyncio.Event()
+        self._changed = asyncio.Event()
         if self._client is None:
             import openai
 
@@ -332,40 +233,92 @@ class ApiEmbedder:
     def breaker_state(self) -> BreakerState:
         return self.breaker.state
 
+    @property
+    def tokens_per_minute(self) -> float:
+        """The token limit in force: the configured one, or the provider's if lower."""
+        return self._tpm.limit
+
     # -- embedding -----------------------------------------------------------------------
     async def aembed(self, inputs: Sequence[ApiInput]) -> EmbedOutcome:
         """Embed ``inputs``; every index ends in exactly one field of the outcome."""
         self._ensure_async_parts()
+        assert self._calibrated is not None
         outcome = EmbedOutcome()
-        packing = pack_grouped([i.est_tokens for i in inputs], _groups_of(inputs),
-                               self._effective_limits())
-        for i in packing.oversized:
-            outcome.failures[i] = self._too_long(inputs[i])
-        await asyncio.gather(*(self._run_request(inputs, idxs, outcome) for idxs in packing.requests))
+        self._stats = outcome.stats
+        todo = list(range(len(inputs)))
+        if not self._calibrated.is_set():
+            # The first request is the probe: small enough by its upper bound that it fits
+            # the token share however the provider counts; its reply sets the ratio the
+            # rest is packed with.
+            probe = self._probe_request(inputs)
+            if probe:
+                running = asyncio.ensure_future(self._run_request(inputs, probe, outcome))
+                answered = asyncio.ensure_future(self._calibrated.wait())
+                await asyncio.wait({running, answered}, return_when=asyncio.FIRST_COMPLETED)
+                answered.cancel()
+                sent = set(probe)
+                todo = [i for i in todo if i not in sent]
+                await asyncio.gather(running, *(self._run_request(inputs, idxs, outcome)
+                                                for idxs in self._pack(inputs, todo, outcome)))
+                outcome.stats.breaker_opened = self.breaker.times_opened
+                return outcome
+        await asyncio.gather(*(self._run_request(inputs, idxs, outcome)
+                               for idxs in self._pack(inputs, todo, outcome)))
         outcome.stats.breaker_opened = self.breaker.times_opened
         return outcome
 
-    def _effective_limits(self) -> RequestLimits:
-        # aiolimiter cannot grant more than its capacity in one acquire.
-        return self.config.limits.capped(self.config.tokens_per_minute)
+    def _pack(self, inputs: Sequence[ApiInput], idxs: Sequence[int],
+              outcome: EmbedOutcome) -> tuple[tuple[int, ...], ...]:
+        """Requests for ``idxs`` at today's limits; inputs too long fail here, unsent."""
+        groups = _groups_of(inputs)
+        packing = pack_grouped([inputs[i].est_tokens for i in idxs], [groups[i] for i in idxs],
+                               self._request_limits())
+        for k in packing.oversized:
+            outcome.failures[idxs[k]] = self._too_long(inputs[idxs[k]])
+        return tuple(tuple(idxs[k] for k in request) for request in packing.requests)
+
+    def _probe_request(self, inputs: Sequence[ApiInput]) -> tuple[int, ...]:
+        """The first documents whose upper bound fits one request's token share."""
+        budget = self.config.max_request_share * self._tpm.limit
+        first = self._pack(inputs, range(len(inputs)), EmbedOutcome())
+        if not first:
+            return ()
+        chosen: list[int] = []
+        for i in first[0]:
+            if chosen and (sum(token_upper_bound(inputs[j].text) for j in chosen)
+                           + token_upper_bound(inputs[i].text) > budget):
+                break
+            chosen.append(i)
+        groups = {inputs[i].group for i in chosen} - {None}
+        whole = [i for i in first[0] if i in chosen or inputs[i].group in groups]
+        return tuple(whole)
+
+    def _request_limits(self) -> RequestLimits:
+        """Per-request limits now: the model's, and at most ``max_request_share`` of the
+        token limit in force over the highest billed/estimated ratio seen."""
+        ratio = max(1.0, self._ratio) * _RESERVE_MARGIN
+        share = int(self.config.max_request_share * self._tpm.limit / ratio)
+        tokens = max(1, min(self.config.limits.max_tokens, share))
+        return RequestLimits(self.config.limits.max_inputs, tokens, self.max_tokens_per_input)
 
     @property
     def max_tokens_per_input(self) -> int:
         """The largest input this embedder will send: chunk documents to this."""
-        return self._effective_limits().max_tokens_per_input
+        return self.config.max_tokens_per_input
 
     def _too_long(self, item: ApiInput) -> CallFailure:
-        limit = self._effective_limits().max_tokens_per_input
         return CallFailure(
             "too_long", "InputTooLong",
-            f"input of ~{item.est_tokens} estimated tokens is over the per-input limit {limit} "
-            "and was not sent; chunk it to the model's limit", False, False,
+            f"input of ~{item.est_tokens} estimated tokens is over the per-input limit "
+            f"{self.max_tokens_per_input} and was not sent; chunk it to the model's limit",
+            False, False,
         )
 
     async def _run_request(
         self, inputs: Sequence[ApiInput], idxs: Sequence[int], outcome: EmbedOutcome
     ) -> None:
-        job = _Job(tuple(idxs), sum(inputs[i].est_tokens for i in idxs), self._clock())
+        job = _Job(tuple(idxs), sum(inputs[i].est_tokens for i in idxs),
+                   sum(token_upper_bound(inputs[i].text) for i in idxs), self._clock())
         try:
             await self._attempts(inputs, job, outcome)
         finally:
@@ -379,8 +332,11 @@ class ApiEmbedder:
             if not failure.retryable or failure.endpoint_refused:
                 await self._on_terminal(inputs, job, failure, outcome)
                 return
-            if failure.status == "timeout" and len(job.idxs) > 1:
-                # A request too large to be answered in time would time out again: halve it.
+            if failure.status in ("too_large", "timeout") and len(job.idxs) > 1:
+                # Too large for the provider's limit, or to be answered in time: resending
+                # it unchanged would fail the same way, so halve it.
+                if failure.status == "too_large":
+                    outcome.stats.size_splits += 1
                 await self._split(inputs, job, outcome)
                 return
             delay = self._next_delay(job, failure)
@@ -388,11 +344,19 @@ class ApiEmbedder:
                 self._fail(job, failure, outcome)
                 return
             outcome.stats.retries += 1
+            if failure.status == "429":
+                self._log_wait(f"a 429 ({failure.limit_type or 'limit'}); retrying one request", delay)
             await self._sleep(delay)
 
     def _next_delay(self, job: _Job, failure: CallFailure) -> float | None:
         """The wait before the next attempt, or None when this request has had enough."""
         throttled = failure.status == "429"
+        if job.probing and failure.counts_for_breaker:
+            # The breaker's trial failed: the endpoint is still down, which says nothing
+            # about this request. Back to waiting for the breaker (bounded by its own wait
+            # limit and by max_total_s), without using up the request's attempts.
+            elapsed = self._clock() - job.started
+            return 0.0 if elapsed <= self.config.backoff.max_total_s else None
         if throttled:
             job.throttled += 1
         else:
@@ -407,6 +371,13 @@ class ApiEmbedder:
     async def _gated_attempt(
         self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
     ) -> CallFailure | None:
+        if self._refused is not None:
+            return self._refused
+        if not job.reserved:
+            if not self._drop_refused_groups(inputs, job, outcome):
+                return None
+            if not await self._reserve_budget(inputs, job, outcome):
+                return None
         holds_probe = await self._enter_probe_gate()
         try:
             return await self._attempt(inputs, job, outcome)
@@ -416,7 +387,7 @@ class ApiEmbedder:
                 self._probe.release()
 
     async def _enter_probe_gate(self) -> bool:
-        """Until the provider has told us where its buckets stand, one request at a time.
+        """Until the provider has told us where its windows stand, one request at a time.
 
         Returns whether this task holds the probe lock (and must release it)."""
         assert self._calibrated is not None and self._probe is not None
@@ -431,28 +402,82 @@ class ApiEmbedder:
     async def _attempt(
         self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
     ) -> CallFailure | None:
-        """One try: refuse fast, wait for capacity, check the budget, then the breaker, send.
+        """One try: wait for the breaker, for room in the provider's windows and for a slot
+        among the requests in flight, then send. A request that finds the breaker open at
+        the last moment goes back to waiting for it; one that finds the endpoint refusing
+        this worker (401/403/404 on another request) fails without being sent."""
+        assert self._sem is not None
+        while True:
+            if self._refused is not None:
+                return self._refused
+            if not await self._wait_for_breaker(job, outcome):
+                return None
+            tickets = await self._wait_for_capacity(job, outcome.stats)
+            async with self._sem:
+                if self._refused is None and self.breaker.allow():
+                    job.probing = self.breaker.trial_in_flight
+                    return await self._send(inputs, job, tickets, outcome)
+            self._cancel(tickets)
 
-        The budget is checked before ``breaker.allow()``, which claims the single half-open
-        trial: a request refused by the budget must not leave that trial claimed forever."""
-        if self._refused is not None:
-            return self._refused
-        if self.breaker.state is BreakerState.OPEN:
-            outcome.short_circuited.update(job.idxs)
-            return None
-        if not job.reserved and not self._drop_refused_groups(inputs, job, outcome):
-            return None
-        await self._wait_for_capacity(job.tokens, outcome.stats)
-        if not self._reserve(job):
-            self._correct(-job.tokens, requests=-1)
-            self._over_budget(job.idxs, outcome)
-            return None
-        if not self.breaker.allow():
-            self._release(job)
-            self._correct(-job.tokens, requests=-1)
-            outcome.short_circuited.update(job.idxs)
-            return None
-        return await self._send(inputs, job, outcome)
+    # -- breaker -------------------------------------------------------------------------
+    async def _wait_for_breaker(self, job: _Job, outcome: EmbedOutcome) -> bool:
+        """Wait while the breaker is open (or its probe is out), at most
+        ``breaker_max_wait_s`` in all for this request; False: short-circuited."""
+        while not self._breaker_lets_through():
+            left = self.config.breaker_max_wait_s - job.breaker_waited_s
+            if left <= 0:
+                outcome.short_circuited.update(job.idxs)
+                return False
+            pause = self.breaker.seconds_until_trial() or _POLL_S
+            started = self._clock()
+            await self._await_change(min(pause, left))
+            waited = self._clock() - started
+            job.breaker_waited_s += waited
+            outcome.stats.breaker_wait_s += waited
+        return True
+
+    def _breaker_lets_through(self) -> bool:
+        state = self.breaker.state
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self.breaker.trial_in_flight)
+
+    def _breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
+        if self._stats is not None:
+            self._stats.breaker_transitions[f"{old.label}->{new.label}"] += 1
+        log = _log.warning if new is BreakerState.OPEN else _log.info
+        what = {
+            BreakerState.OPEN: f"no requests for {self.config.breaker_reset_after_s:g}s; requests "
+            f"wait up to {self.config.breaker_max_wait_s:g}s each for it, then go to "
+            "api.breaker.on_open",
+            BreakerState.HALF_OPEN: "sending one probe request",
+            BreakerState.CLOSED: "the endpoint answers again; waiting requests go on",
+        }[new]
+        log("API %s (%s): circuit breaker %s -> %s: %s", self.config.model,
+            self.config.base_url or "OpenAI", old.label, new.label, what)
+
+    # -- budget --------------------------------------------------------------------------
+    async def _reserve_budget(self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome) -> bool:
+        """Reserve the request's upper bound within the spend cap. Near the cap: wait for
+        replies in flight, else split by document, else refuse; False when this job ends here."""
+        while not self.spend.try_reserve(job.bound):
+            if self.spend.could_ever_fit(job.bound) and self.spend.in_flight:
+                await self._await_change(_POLL_S)  # their bills will be below their bounds
+                continue
+            halves = _split_by_group(inputs, job.idxs)
+            if halves:
+                outcome.stats.budget_splits += 1
+                await asyncio.gather(*(self._run_request(inputs, h, outcome) for h in halves))
+            else:
+                self._over_budget(job.idxs, outcome)
+            return False
+        job.reserved = True
+        return True
+
+    def _release(self, job: _Job) -> None:
+        if job.reserved:
+            self.spend.release(job.bound)
+            job.reserved = False
+            self._notify()
 
     @staticmethod
     def _over_budget(idxs: Sequence[int], outcome: EmbedOutcome) -> None:
@@ -472,57 +497,86 @@ class ApiEmbedder:
             self._over_budget(dropped, outcome)
             job.idxs = tuple(i for i in job.idxs if inputs[i].group not in refused)
             job.tokens = sum(inputs[i].est_tokens for i in job.idxs)
+            job.bound = sum(token_upper_bound(inputs[i].text) for i in job.idxs)
         return bool(job.idxs)
 
-    # -- budget --------------------------------------------------------------------------
-    def _reserve(self, job: _Job) -> bool:
-        if job.reserved:
-            return True
-        job.reserved = self.spend.try_reserve(job.tokens)
-        return job.reserved
-
-    def _release(self, job: _Job) -> None:
-        if job.reserved:
-            self.spend.release(job.tokens)
-            job.reserved = False
-
     # -- capacity ------------------------------------------------------------------------
-    async def _wait_for_capacity(self, tokens: int, stats: ApiCallStats) -> None:
-        assert self._rpm is not None and self._tpm is not None
-        waited_from = self._clock()
-        await self._wait_out_pause()
-        await self._rpm.acquire(1)
-        await self._tpm.acquire(tokens)
-        await self._wait_out_pause()  # a 429 may have arrived while we queued
-        stats.rate_limit_wait_s += self._clock() - waited_from
+    def _reserved_tokens(self, job: _Job) -> float:
+        """What a request in flight counts in the token window: its estimate times the
+        highest ratio seen (1 before any reply), plus a margin; never past the limit."""
+        ratio = (self._ratio or 1.0) * _RESERVE_MARGIN
+        return min(self._tpm.limit, math.ceil(job.tokens * ratio))
 
-    async def _wait_out_pause(self) -> None:
-        while (now := self._clock()) < self._pause_until:
-            await self._sleep(self._pause_until - now)
+    async def _wait_for_capacity(
+        self, job: _Job, stats: ApiCallStats
+    ) -> tuple[WindowTicket, WindowTicket]:
+        """Wait, first come first served, until the request fits both windows; take them."""
+        assert self._admission is not None
+        started = self._clock()
+        async with self._admission:
+            while True:
+                amount = self._reserved_tokens(job)
+                now = self._clock()
+                waits = (self._rpm.wait_s(1, now), self._tpm.wait_s(amount, now))
+                if waits == (0.0, 0.0):
+                    break
+                known = [w for w in waits if w is not None]
+                self._log_wait("the provider's rate-limit window", max(known, default=0.0))
+                timeout = max(known) if None not in waits else min(_POLL_S, max(known, default=_POLL_S))
+                await self._await_change(max(timeout, 0.001))
+            tickets = (self._rpm.take(1), self._tpm.take(amount))
+        stats.rate_limit_wait_s += self._clock() - started
+        return tickets
 
-    def _correct(self, tokens: int, requests: int = 0) -> None:
-        """Adjust what the local buckets hold by what the provider really took (signed)."""
-        assert self._rpm is not None and self._tpm is not None
-        self._tpm.refund(-tokens)
-        if requests:
-            self._rpm.refund(-requests)
+    def _cancel(self, tickets: tuple[WindowTicket, WindowTicket]) -> None:
+        self._rpm.cancel(tickets[0])
+        self._tpm.cancel(tickets[1])
+        self._notify()
+
+    def _settle(self, tickets: tuple[WindowTicket, WindowTicket], tokens: float) -> None:
+        now = self._clock()
+        self._rpm.settle(tickets[0], 1, now)
+        self._tpm.settle(tickets[1], tokens, now)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every task waiting for the windows, the budget or the breaker to change."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _await_change(self, timeout: float) -> None:
+        assert self._changed is not None
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _log_wait(self, why: str, seconds: float) -> None:
+        now = self._clock()
+        if seconds >= _LOG_WAITS_OVER_S and now - self._last_wait_log >= _LOG_WAITS_OVER_S:
+            self._last_wait_log = now
+            _log.info("API %s: waiting %.1fs for %s (%s of %s tokens in the window)",
+                      self.config.model, seconds, why, f"{self._tpm.used(now):,.0f}",
+                      f"{self._tpm.limit:,.0f}")
 
     # -- one HTTP call -------------------------------------------------------------------
     async def _send(
-        self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome
+        self, inputs: Sequence[ApiInput], job: _Job, tickets: tuple[WindowTicket, WindowTicket],
+        outcome: EmbedOutcome,
     ) -> CallFailure | None:
-        assert self._sem is not None and self._client is not None
+        assert self._client is not None
         stats = outcome.stats
-        async with self._sem:
-            t0 = self._clock()
-            try:
-                raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, job))
-                reply, vectors = self._parsed(raw, len(job.idxs))
-            except Exception as exc:  # noqa: BLE001 - classified; unknown types are terminal
-                return self._on_failed_reply(exc, job, stats)
-            finally:
-                stats.latencies_s.append(self._clock() - t0)
-        self._on_success(inputs, job, reply, vectors, dict(raw.headers), outcome)
+        t0 = self._clock()
+        try:
+            raw = await self._client.embeddings.with_raw_response.create(**self._body(inputs, job))
+            reply, vectors = parse_reply(raw, len(job.idxs))
+        except Exception as exc:  # noqa: BLE001 - classified; unknown types are terminal
+            return self._on_failed_reply(exc, job, tickets, stats)
+        finally:
+            stats.latencies_s.append(self._clock() - t0)
+        self._on_success(inputs, job, tickets, reply, vectors, dict(raw.headers), outcome)
         return None
 
     def _body(self, inputs: Sequence[ApiInput], job: _Job) -> dict[str, Any]:
@@ -533,64 +587,66 @@ class ApiEmbedder:
             body["extra_body"] = {"input_type": self.config.input_type}
         return body
 
-    @classmethod
-    def _parsed(cls, raw: Any, expected: int) -> tuple[Any, list[list[float]]]:
-        """The parsed 200 reply and its vectors; a body of the wrong shape is _MalformedReply."""
-        try:
-            reply = raw.parse()  # the SDK's legacy raw response parses synchronously
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # e.g. the SDK's "No embedding data received" for {"error": ...} sent with a 200
-            raise _MalformedReply(f"200 reply the SDK cannot parse: {type(exc).__name__}: {exc}") from exc
-        return reply, cls._vectors(reply, expected)
-
-    @staticmethod
-    def _vectors(reply: Any, expected: int) -> list[list[float]]:
-        """The reply's vectors in input order; any structural problem is _MalformedReply."""
-        data = getattr(reply, "data", None)
-        if not isinstance(data, list):
-            raise _MalformedReply(f"200 reply without a data list (got {type(data).__name__})")
-        try:
-            ordered = sorted(data, key=lambda d: d.index)
-            indices = [d.index for d in ordered]
-            vectors = [_embedding_of(d) for d in ordered]
-        except (AttributeError, TypeError) as exc:
-            raise _MalformedReply(f"200 reply with malformed data: {type(exc).__name__}") from exc
-        if indices != list(range(expected)):
-            raise _MalformedReply(f"reply has {len(data)} embeddings for {expected} inputs")
-        return vectors
-
-    def _on_failed_reply(self, exc: Exception, job: _Job, stats: ApiCallStats) -> CallFailure:
-        failure = _classify(exc, job.tokens, self.config.api_key)
+    def _on_failed_reply(
+        self, exc: Exception, job: _Job, tickets: tuple[WindowTicket, WindowTicket], stats: ApiCallStats
+    ) -> CallFailure:
+        failure = classify(exc, self.config.api_key)
         stats.requests_by_status[failure.status] += 1
-        if failure.status == "timeout":
-            self._keep_timed_out_reservation(job, stats)
+        headers = headers_of(exc)
+        if failure.status in ("timeout", "malformed"):
+            # The provider may have admitted (a timeout: and billed) it: count it as sent.
+            self._settle(tickets, self._reserved_tokens(job))
+            if failure.status == "timeout":
+                self._keep_timed_out_reservation(job, stats)
+        else:
+            self._cancel(tickets)  # an error status or no connection: nothing was admitted
         if failure.status.isdigit():
-            # The provider answered with an error: it admitted no tokens. The request slot
-            # stays spent (providers may count refused requests); headers resync the rest.
-            self._correct(-job.tokens)
-            self._feedback(_headers_of(exc), answered=not failure.status.startswith("5"))
+            self._follow(headers, stats, answered=not failure.status.startswith("5"))
         if failure.counts_for_breaker:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()  # a 429 or a 4xx proves the endpoint alive
-        if failure.retry_after_s is not None and failure.status == "429":
-            self._pause_until = max(self._pause_until, self._clock() + failure.retry_after_s)
+        if failure.status == "429" and failure.limit_type != "requests":
+            failure = self._size_refusal(job, failure, headers)
         if failure.endpoint_refused:
             self._refused = failure
+        self._notify()
+        return failure
+
+    def _size_refusal(self, job: _Job, failure: CallFailure, headers: Mapping[str, str]) -> CallFailure:
+        """A 429 on tokens is a refusal for size when the request may be larger than the
+        provider's whole token limit (see the module docstring); else it is pacing."""
+        job.token_refusals += 1
+        limit = parse_rate_limit_headers(headers).limit_tokens or self._tpm.limit
+        provider_guess = job.tokens * max(1.0, self._ratio)
+        possibly_too_large = job.bound > limit
+        surely_too_large = provider_guess > limit
+        if not possibly_too_large:
+            return failure
+        if len(job.idxs) > 1:
+            return replace(failure, status="too_large", error_type="RequestTooLarge")
+        if surely_too_large or job.token_refusals > 1:
+            return replace(
+                failure, status="too_large", error_type="InputTooLargeForRateLimit", retryable=False,
+                message=f"{failure.message}; one input of ~{job.tokens} estimated tokens (up to "
+                f"{job.bound}) cannot fit the provider's limit of {limit} tokens per minute: "
+                "raise api.tokens_per_minute to your real limit or lower the model's "
+                "max_tokens_per_input, then replay")
         return failure
 
     def _keep_timed_out_reservation(self, job: _Job, stats: ApiCallStats) -> None:
         """The provider may have served (and billed) a request the client gave up on: the
-        spend guard keeps its estimate as spent, an upper bound; stats do not call it billed."""
+        spend guard keeps its upper bound as spent; stats do not call it billed."""
         stats.timed_out_est_tokens += job.tokens
         if job.reserved:
-            self.spend.settle(job.tokens, job.tokens)
+            self.spend.settle(job.bound, job.bound)
             job.reserved = False
 
     def _on_success(
         self,
         inputs: Sequence[ApiInput],
         job: _Job,
+        tickets: tuple[WindowTicket, WindowTicket],
         reply: Any,
         vectors: list[list[float]],
         headers: Mapping[str, str],
@@ -600,22 +656,37 @@ class ApiEmbedder:
         stats.requests_by_status["200"] += 1
         stats.sent_est_tokens += job.tokens
         self.breaker.record_success()
-        billed = self._billed(reply, job, stats)
+        billed = self._billed(reply, stats)
+        unmetered = billed is None
         if billed is None:  # no usage: charge the estimate, flagged as such
             stats.unmetered_tokens += job.tokens
             outcome.unmetered.update(job.idxs)
             billed = job.tokens
-        self._correct(billed - job.tokens)  # the bill replaces the estimate
-        self._feedback(headers, answered=True)
-        self.spend.settle(job.tokens, billed)
-        job.reserved = False
+        elif job.tokens > 0:
+            self._ratio = max(self._ratio, billed / job.tokens)
+        self._settle(tickets, billed if not unmetered else self._reserved_tokens(job))
+        self._follow(headers, stats, answered=True)
+        if job.reserved:
+            self.spend.settle(job.bound, billed)
+            job.reserved = False
         shares = apportion(billed, [inputs[i].est_tokens for i in job.idxs])
         for pos, i in enumerate(job.idxs):
             outcome.vectors[i] = vectors[pos]
             outcome.billed_tokens[i] = shares[pos]
+        self._notify()  # the bill replaced the bound: requests waiting for budget may go
+        self._hand_over(ApiReply(job.idxs, tuple(vectors), tuple(shares), unmetered, stats))
+
+    def _hand_over(self, reply: ApiReply) -> None:
+        if self._on_reply is None:
+            return
+        try:
+            self._on_reply(reply)
+        except Exception as exc:  # noqa: BLE001 - the vectors are in the outcome either way
+            _log.warning("API %s: reply of %d inputs not recorded (result cache / ledger): %s: %s",
+                         self.config.model, len(reply.idxs), type(exc).__name__, exc)
 
     @staticmethod
-    def _billed(reply: Any, job: _Job, stats: ApiCallStats) -> int | None:
+    def _billed(reply: Any, stats: ApiCallStats) -> int | None:
         """The reply's billed tokens (added to stats), or None when it has no usage."""
         usage = getattr(reply, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
@@ -624,27 +695,34 @@ class ApiEmbedder:
         stats.billed_tokens += prompt_tokens
         return prompt_tokens
 
-    def _feedback(self, headers: Mapping[str, str], *, answered: bool) -> None:
-        """Follow the provider's own view of its buckets (see the module docstring)."""
-        assert self._rpm is not None and self._tpm is not None and self._calibrated is not None
+    def _follow(self, headers: Mapping[str, str], stats: ApiCallStats, *, answered: bool) -> None:
+        """Follow the provider's own view of its windows (see the module docstring).
+
+        The first reply that says where the windows stand (or any answer but a 5xx, which
+        may come from a proxy in front of the provider) ends the one-at-a-time start."""
+        assert self._calibrated is not None
         state = parse_rate_limit_headers(headers)
+        self._adopt_provider_limits(state.limit_tokens, state.limit_requests)
+        now = self._clock()
         if state.remaining_tokens is not None:
-            self._tpm.follow(state.remaining_tokens)
+            stats.held_tokens += self._tpm.follow(state.remaining_tokens, state.reset_tokens_s, now)
         if state.remaining_requests is not None:
-            self._rpm.follow(state.remaining_requests)
-        self._warn_if_over_provider_limit(state.limit_tokens, state.limit_requests)
+            self._rpm.follow(state.remaining_requests, state.reset_requests_s, now)
         if state.known or answered:
             self._calibrated.set()
 
-    def _warn_if_over_provider_limit(self, limit_tokens: int | None, limit_requests: int | None) -> None:
-        too_high = (limit_tokens is not None and self.config.tokens_per_minute > limit_tokens) or (
-            limit_requests is not None and self.config.requests_per_minute > limit_requests
-        )
-        if too_high and not self._warned_limit:
+    def _adopt_provider_limits(self, limit_tokens: int | None, limit_requests: int | None) -> None:
+        lower_tokens = limit_tokens is not None and 0 < limit_tokens < self._tpm.limit
+        lower_requests = limit_requests is not None and 0 < limit_requests < self._rpm.limit
+        if lower_tokens:
+            self._tpm.set_limit(limit_tokens)  # type: ignore[arg-type]
+        if lower_requests:
+            self._rpm.set_limit(limit_requests)  # type: ignore[arg-type]
+        if (lower_tokens or lower_requests) and not self._warned_limit:
             self._warned_limit = True
             _log.warning(
                 "API %s: configured %d RPM / %d TPM exceed the provider's limits %s RPM / %s TPM; "
-                "expect 429s. Lower api.requests_per_minute / api.tokens_per_minute.",
+                "pacing to the provider's. Lower api.requests_per_minute / api.tokens_per_minute.",
                 self.config.model, self.config.requests_per_minute, self.config.tokens_per_minute,
                 limit_requests, limit_tokens,
             )
@@ -660,12 +738,13 @@ class ApiEmbedder:
         self._fail(job, failure, outcome)
 
     async def _split(self, inputs: Sequence[ApiInput], job: _Job, outcome: EmbedOutcome) -> None:
+        """Send the request again as two halves, documents kept whole where possible."""
         self._release(job)
-        mid = len(job.idxs) // 2
-        await asyncio.gather(
-            self._run_request(inputs, job.idxs[:mid], outcome),
-            self._run_request(inputs, job.idxs[mid:], outcome),
-        )
+        halves = _split_by_group(inputs, job.idxs)
+        if not halves:
+            mid = len(job.idxs) // 2
+            halves = [job.idxs[:mid], job.idxs[mid:]]
+        await asyncio.gather(*(self._run_request(inputs, h, outcome) for h in halves))
 
     @staticmethod
     def _fail(job: _Job, failure: CallFailure, outcome: EmbedOutcome) -> None:
@@ -677,10 +756,3 @@ def _groups_of(inputs: Sequence[ApiInput]) -> list[int]:
     """Each input's group as an int; an input without one is a group of its own."""
     offset = 1 + max((i.group for i in inputs if i.group is not None), default=-1)
     return [i.group if i.group is not None else offset + pos for pos, i in enumerate(inputs)]
-
-
-def _embedding_of(item: Any) -> list[float]:
-    embedding = item.embedding
-    if not isinstance(embedding, list) or not embedding:
-        raise TypeError(f"embedding is {type(embedding).__name__}, not a list of floats")
-    return embedding

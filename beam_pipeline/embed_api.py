@@ -19,11 +19,19 @@ keeps its requests in flight long enough that the pause at the edge of a batch (
 replies of one batch, then the next batch's first request) costs little of the provider's
 rate, and the local buckets keep refilling during it.
 
+Durable paid results: every reply is handed over as it arrives; its vectors go to the
+result cache (:mod:`store.result_cache`, ``api.result_cache``) and its bill to the spend
+ledger (``SpendLedger.add_spend``) at once, and inputs already in the cache are not sent
+again (their documents cost nothing in this run; counters ``cached.api.<v>`` documents and
+``cached_chunks.api.<v>``). The API tier's progress (documents, tokens, dollars, requests,
+429s, rate-limit waits) goes to the run's progress files as replies arrive.
+
 Outputs: ``embedded``; ``fallback`` (documents re-targeted to the local tier because the
-breaker was open or the run budget was reached, the reason appended to the document's
-route reason); ``dead_letters``. In coverage mode a document that also gets the local
-vector (``RoutedDocument.has_local_target``) is never re-targeted to local (that would write
-its local vector twice): its API target is dead-lettered, retryable, instead.
+breaker stayed open longer than ``api.breaker.max_wait_s`` or the run budget was reached,
+the reason appended to the document's route reason); ``dead_letters``. In coverage mode a
+document that also gets the local vector (``RoutedDocument.has_local_target``) is never
+re-targeted to local (that would write its local vector twice): its API target is
+dead-lettered, retryable, instead.
 
 Counters (namespace ``tierembed``): ``embedded.api.<v>``, ``chunks.api.<v>``,
 ``chunked.api.<v>``, ``est_tokens.api.<v>`` (estimates) apart from ``billed_tokens.api.<v>``
@@ -31,23 +39,36 @@ Counters (namespace ``tierembed``): ``embedded.api.<v>``, ``chunks.api.<v>``,
 replies without ``usage``), ``fell_back.api.<v>`` (every document re-targeted to local,
 whatever the reason) and its subset ``fell_back_budget.api.<v>``,
 ``api_requests.<v>.<status>``, ``api_retries.<v>``, ``rate_limit_wait_ms.<v>``,
-``dead_letters.embed``; distribution ``api_latency_ms.<v>``.
+``api_breaker.<v>.<from>-><to>`` (each breaker transition), ``api_breaker_wait_ms.<v>``,
+``api_size_splits.<v>``, ``api_budget_splits.<v>``, ``dead_letters.embed``; distribution
+``api_latency_ms.<v>``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 from apache_beam import pvalue
 
-from beam_pipeline.api_embedder import ApiEmbedder, ApiEmbedderConfig, ApiInput, CallFailure, EmbedOutcome
+from beam_pipeline.api_embedder import (
+    ApiCallStats,
+    ApiEmbedder,
+    ApiEmbedderConfig,
+    ApiInput,
+    ApiReply,
+    CallFailure,
+    EmbedOutcome,
+)
+from beam_pipeline.progress import ProgressRecorder, progress_recorder
 from beam_pipeline.records import doc_payload, make_embedded
 from beam_pipeline.tagged import TaggedOutputsTransform
 from beam_pipeline.telemetry import ModelSeries, Telemetry, TelemetryContext, get_telemetry
 from beam_pipeline.validate import DEAD_LETTERS
+from store.ledger import SpendLedger, SpendLine
+from store.result_cache import CachedVector, CacheKey, ResultCache
 from tiering.ab import assign_version
 from tiering.chunking import aggregate_vectors, chunk_text, estimate_tokens
 from tiering.documents import DeadLetter, EmbeddedDocument, RoutedDocument, Tier
@@ -74,6 +95,14 @@ class ApiBranch:
     on_breaker_open: str  # "local" | "dead_letter"
     local_versions: tuple[tuple[str, float], ...]
     telemetry: TelemetryContext | None = None  # cost, tokens, requests ... (beam_pipeline.telemetry)
+    run_id: str | None = None
+    ledger_path: str | None = None
+    """The spend ledger that records each reply's bill as it arrives (with ``run_id``)."""
+    result_cache_path: str | None = None
+    """The result cache every reply's vectors go to, read before paying; None: off."""
+    backfill: bool = False
+    """A backfill run: what the breaker or the spend cap keeps from the API is deferred to
+    the next backfill run (counted ``backfill_deferred``), never re-targeted or dead-lettered."""
 
     def __post_init__(self) -> None:
         if self.on_breaker_open not in ("local", "dead_letter"):
@@ -86,6 +115,16 @@ def _counter(name: str) -> beam.metrics.metricbase.Counter:
     return beam.metrics.Metrics.counter("tierembed", name)
 
 
+@dataclass
+class _Batch:
+    """The inputs of one ``process`` call: which were sent (by position in the embed call)
+    and how many inputs each document still waits for."""
+
+    inputs: list[ApiInput]
+    sent: list[int]
+    waiting: dict[int, int] = field(default_factory=dict)
+
+
 @beam.typehints.with_input_types(Sequence[RoutedDocument])
 @beam.typehints.with_output_types(EmbeddedDocument, dead_letters=DeadLetter, fallback=RoutedDocument)
 class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
@@ -93,16 +132,31 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         self._branch = branch
         self._embedder: ApiEmbedder | None = None
         self._telemetry: Telemetry | None = None
+        self._cache: ResultCache | None = None
+        self._cache_key: CacheKey | None = None
+        self._ledger: SpendLedger | None = None
+        self._progress: ProgressRecorder | None = None
+        self._batch: _Batch | None = None
+        self._seen = (0, 0, 0.0)  # requests, 429s, waits already reported as progress
 
     def setup(self) -> None:
-        self._embedder = ApiEmbedder(self._branch.config)
+        self._embedder = ApiEmbedder(self._branch.config, on_reply=self._on_reply)
         if self._branch.telemetry is not None:
             self._telemetry = get_telemetry(self._branch.telemetry)
+            self._progress = progress_recorder(self._branch.telemetry.progress_dir)
+        if self._branch.result_cache_path:
+            cfg = self._branch.config
+            self._cache = ResultCache(self._branch.result_cache_path)
+            self._cache_key = CacheKey(self._branch.version, cfg.model, cfg.dimensions, cfg.input_type)
+        if self._branch.ledger_path and self._branch.run_id:
+            self._ledger = SpendLedger(self._branch.ledger_path)
 
     def teardown(self) -> None:
         if self._embedder is not None:
             self._embedder.close()
             self._embedder = None
+        if self._progress is not None:
+            self._progress.close()  # what the throttle held back
 
     def process(self, batch: Sequence[RoutedDocument]) -> Iterator[object]:
         assert self._embedder is not None
@@ -110,13 +164,76 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         per_doc = [chunk_text(r.scored.document.text, limit) for r in batch]
         inputs = [ApiInput(c, estimate_tokens(c), group=doc)
                   for doc, chunks in enumerate(per_doc) for c in chunks]
-        outcome = self._embedder.embed(inputs)
+        outcome = self._embed(inputs)
         self._record_stats(outcome)
         start = 0
         for routed, chunks in zip(batch, per_doc, strict=True):
             idxs = list(range(start, start + len(chunks)))
             start += len(chunks)
             yield from self._resolve(routed, idxs, outcome)
+
+    # -- paid results, durable as they arrive --------------------------------------------
+    def _embed(self, inputs: list[ApiInput]) -> EmbedOutcome:
+        """Embed what the result cache does not already hold; the outcome by input index."""
+        assert self._embedder is not None
+        cached: dict[int, CachedVector] = {}
+        if self._cache is not None and self._cache_key is not None:
+            cached = self._cache.get_many(self._cache_key, [i.text for i in inputs])
+        sent = [k for k in range(len(inputs)) if k not in cached]
+        waiting: dict[int, int] = {}
+        for k in sent:
+            group = inputs[k].group
+            assert group is not None
+            waiting[group] = waiting.get(group, 0) + 1
+        self._batch = _Batch(inputs, sent, waiting)
+        try:
+            part = self._embedder.embed([inputs[k] for k in sent]) if sent else EmbedOutcome()
+        finally:
+            self._batch = None
+        return _merged(part, sent, cached)
+
+    def _on_reply(self, reply: ApiReply) -> None:
+        """Called by the embedder as each 200 arrives: cache, ledger, progress."""
+        batch = self._batch
+        assert batch is not None
+        originals = [batch.sent[i] for i in reply.idxs]
+        billed = sum(reply.billed_tokens)
+        price = self._branch.price
+        run_id = self._branch.run_id or "unknown"
+        if self._ledger is not None:  # the money first: a kill between the two loses a vector
+            est = sum(batch.inputs[k].est_tokens for k in originals)
+            groups = {batch.inputs[k].group for k in originals}
+            self._ledger.add_spend(run_id, SpendLine(
+                "api", self._branch.version, self._branch.config.model, len(groups), billed,
+                cost_usd(est, price), cost_usd(billed, price)))
+        if self._cache is not None and self._cache_key is not None:
+            texts = [batch.inputs[k].text for k in originals]
+            self._cache.put_many(self._cache_key, zip(texts, reply.vectors, reply.billed_tokens,
+                                                      strict=True), run_id)
+        self._report_progress(originals, billed, reply)
+
+    def _report_progress(self, originals: list[int], billed: int, reply: ApiReply) -> None:
+        batch = self._batch
+        if self._progress is None or batch is None:
+            return
+        done = 0
+        for k in originals:
+            group = batch.inputs[k].group
+            assert group is not None
+            batch.waiting[group] -= 1
+            done += batch.waiting[group] == 0
+        self._progress.add(api_documents=done, api_tokens=billed,
+                           api_cost_usd=cost_usd(billed, self._branch.price),
+                           **self._request_progress(reply.stats))
+
+    def _request_progress(self, stats: ApiCallStats) -> dict[str, float]:
+        """Requests, 429s and waits of the running call not yet reported as progress."""
+        requests = sum(stats.requests_by_status.values())
+        r429 = stats.requests_by_status.get("429", 0)
+        seen_requests, seen_429, seen_wait = self._seen
+        self._seen = (requests, r429, stats.rate_limit_wait_s)
+        return {"api_requests": max(0, requests - seen_requests), "api_429": max(0, r429 - seen_429),
+                "api_wait_s": max(0.0, stats.rate_limit_wait_s - seen_wait)}
 
     def _resolve(self, routed: RoutedDocument, idxs: list[int], outcome: EmbedOutcome) -> Iterator[object]:
         failed = [outcome.failures[i] for i in idxs if i in outcome.failures]
@@ -125,14 +242,18 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         elif any(i in outcome.short_circuited for i in idxs):
             yield from self._breaker_open(routed)
         elif any(i in outcome.over_budget for i in idxs):
-            _counter(f"fell_back_budget.api.{self._branch.version}").inc()
-            yield self._to_local(routed, BUDGET_REASON, "RunBudgetReached")
+            yield from self._to_local(routed, BUDGET_REASON, "RunBudgetReached")
         else:
             yield self._embedded(routed, idxs, outcome)
 
     def _embedded(self, routed: RoutedDocument, idxs: list[int], outcome: EmbedOutcome) -> object:
         version = self._branch.version
-        billed = sum(outcome.billed_tokens[i] for i in idxs)
+        billed = sum(outcome.billed_tokens.get(i, 0) for i in idxs)  # cached inputs: paid before
+        cached = sum(1 for i in idxs if i not in outcome.billed_tokens)
+        if cached:
+            _counter(f"cached_chunks.api.{version}").inc(cached)
+            if cached == len(idxs):
+                _counter(f"cached.api.{version}").inc()
         vector = aggregate_vectors([outcome.vectors[i] for i in idxs])
         _counter(f"embedded.api.{version}").inc()
         _counter(f"chunks.api.{version}").inc(len(idxs))
@@ -144,13 +265,27 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
 
     def _breaker_open(self, routed: RoutedDocument) -> Iterator[object]:
         if self._branch.on_breaker_open == "local":
-            yield self._to_local(routed, BREAKER_REASON, "CircuitOpen")
+            yield from self._to_local(routed, BREAKER_REASON, "CircuitOpen")
             return
         failure = CallFailure("breaker_open", "CircuitOpen", "endpoint failing; circuit breaker open",
                               True, False)
         yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed, failure))
 
-    def _to_local(self, routed: RoutedDocument, why: str, error_type: str) -> pvalue.TaggedOutput:
+    def _to_local(self, routed: RoutedDocument, why: str, error_type: str) -> Iterator[object]:
+        """A shadow target or a backfill document is never re-targeted: the shadow's document
+        keeps its live vector (counted ``shadow_not_sent.api.<v>``), the backfill's waits for
+        the next backfill run (``backfill_not_sent``, part of the report's ``backfill_deferred``). Otherwise: ``_retarget``."""
+        if routed.shadow:
+            _counter(f"shadow_not_sent.api.{self._branch.version}").inc()
+            return
+        if self._branch.backfill:
+            _counter("backfill_not_sent").inc()
+            return
+        if error_type == "RunBudgetReached":
+            _counter(f"fell_back_budget.api.{self._branch.version}").inc()
+        yield self._retarget(routed, why, error_type)
+
+    def _retarget(self, routed: RoutedDocument, why: str, error_type: str) -> pvalue.TaggedOutput:
         """Re-target a document to the local tier, recording why on the document; one that
         already has a local target (coverage mode) keeps it and its API target is
         dead-lettered, retryable, instead of writing the local vector twice."""
@@ -189,6 +324,16 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
     def _record_stats(self, outcome: EmbedOutcome) -> None:
         version = self._branch.version
         stats = outcome.stats
+        if self._progress is not None:  # what came after the call's last reply (failures)
+            self._progress.add(**self._request_progress(stats))
+        self._seen = (0, 0, 0.0)  # the next embed call starts its stats afresh
+        for transition, n in stats.breaker_transitions.items():
+            _counter(f"api_breaker.{version}.{transition}").inc(n)
+        for name, value in (("api_breaker_wait_ms", int(stats.breaker_wait_s * 1000)),
+                            ("api_size_splits", stats.size_splits),
+                            ("api_budget_splits", stats.budget_splits)):
+            if value:
+                _counter(f"{name}.{version}").inc(value)
         for status, n in stats.requests_by_status.items():
             _counter(f"api_requests.{version}.{status}").inc(n)
         _counter(f"api_retries.{version}").inc(stats.retries)
@@ -235,3 +380,24 @@ class EmbedApi(TaggedOutputsTransform):
 
 def _est_tokens(routed: RoutedDocument) -> int:
     return max(1, routed.scored.est_tokens)
+
+
+def _merged(part: EmbedOutcome, sent: Sequence[int], cached: dict[int, CachedVector]) -> EmbedOutcome:
+    """The embed call's outcome (indexed by position among the inputs sent) and the cached
+    vectors, indexed by input. Cached inputs get a vector and no billed tokens."""
+    out = EmbedOutcome(stats=part.stats)
+    for pos, k in enumerate(sent):
+        if pos in part.vectors:
+            out.vectors[k] = part.vectors[pos]
+            out.billed_tokens[k] = part.billed_tokens[pos]
+        if pos in part.failures:
+            out.failures[k] = part.failures[pos]
+        if pos in part.short_circuited:
+            out.short_circuited.add(k)
+        if pos in part.over_budget:
+            out.over_budget.add(k)
+        if pos in part.unmetered:
+            out.unmetered.add(k)
+    for k, hit in cached.items():
+        out.vectors[k] = hit.vector
+    return out

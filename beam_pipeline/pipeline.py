@@ -185,8 +185,13 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price,
         input_type=spec.api.document_input_type,
         spend_cap_usd=None if spec.budget_usd is None else spec.budget_usd * budget_share * share,
         price=price,
+        breaker_max_wait_s=api.breaker.max_wait_s,
+        max_request_share=api.max_request_share,
     )
-    return ApiBranch(model.version, cfg, price, api.breaker.on_open, policy.local_versions)
+    return ApiBranch(model.version, cfg, price, api.breaker.on_open, policy.local_versions,
+                     run_id=spec.run_id, ledger_path=spec.settings.budget.ledger_path,
+                     result_cache_path=api.result_cache.path,
+                     backfill=policy.backfill is not None)
 
 
 def _budget_decides(spec: PipelineSpec) -> bool:

@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_FIELDS = ("written", "dead_lettered", "fell_back")
+_FIELDS = ("written", "dead_lettered", "fell_back", "api_documents", "api_tokens", "api_cost_usd",
+           "api_requests", "api_429", "api_wait_s")
 
 
 def run_progress_dir(progress_dir: str | None, run_id: str) -> str:
@@ -50,12 +51,21 @@ def run_progress_dir(progress_dir: str | None, run_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class RunProgress:
     """Progress summed over the files of one run. Counts are (document, model version)
-    targets written to the store, dead letters, and documents that fell back to local."""
+    targets written to the store, dead letters, and documents that fell back to local;
+    ``api_*`` is the API tier's work as its replies arrive (documents whose every chunk has
+    a vector, billed tokens and dollars, requests, 429 replies, seconds waited for the
+    provider's rate limits)."""
 
     written: int = 0
     dead_lettered: int = 0
     fell_back: int = 0
     processes: int = 0
+    api_documents: int = 0
+    api_tokens: int = 0
+    api_cost_usd: float = 0.0
+    api_requests: int = 0
+    api_429: int = 0
+    api_wait_s: float = 0.0
 
     @property
     def done(self) -> int:
@@ -69,17 +79,20 @@ class ProgressRecorder:
     def __init__(self, directory: str, *, min_interval_s: float = 0.5) -> None:
         self.directory = Path(directory)
         self.path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-        self._counts = dict.fromkeys(_FIELDS, 0)
+        self._counts: dict[str, float] = dict.fromkeys(_FIELDS, 0)
         self._lock = threading.Lock()
         self._min_interval_s = min_interval_s
         self._written_at = float("-inf")  # the first add writes at once
         self._dirty = False
 
-    def add(self, *, written: int = 0, dead_lettered: int = 0, fell_back: int = 0) -> None:
+    def add(self, **counts: float) -> None:
+        """Add to this process's counts (names from :class:`RunProgress`)."""
+        unknown = set(counts) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown progress fields {sorted(unknown)}; known: {_FIELDS}")
         with self._lock:
-            self._counts["written"] += written
-            self._counts["dead_lettered"] += dead_lettered
-            self._counts["fell_back"] += fell_back
+            for name, value in counts.items():
+                self._counts[name] += value
             self._dirty = True
             if time.monotonic() - self._written_at >= self._min_interval_s:
                 self._write_locked()
@@ -118,7 +131,7 @@ def progress_recorder(directory: str) -> ProgressRecorder:
 
 def read_progress(directory: str) -> RunProgress:
     """Sum the progress files of one run (missing folder: nothing yet)."""
-    totals = dict.fromkeys(_FIELDS, 0)
+    totals: dict[str, float] = dict.fromkeys(_FIELDS, 0)
     files = 0
     for path in Path(directory).glob("*.json"):
         try:
@@ -127,8 +140,9 @@ def read_progress(directory: str) -> RunProgress:
             continue  # being replaced right now, or foreign: the next poll sees it
         files += 1
         for key in _FIELDS:
-            totals[key] += int(data.get(key, 0))
-    return RunProgress(totals["written"], totals["dead_lettered"], totals["fell_back"], files)
+            totals[key] += float(data.get(key, 0))
+    floats = {"api_cost_usd", "api_wait_s"}
+    return RunProgress(processes=files, **{k: v if k in floats else int(v) for k, v in totals.items()})
 
 
 def count_records(source: str, configured_format: str = "auto") -> int:

@@ -32,6 +32,10 @@ translation:
 - ``tierembed.documents`` (counter): ``tierembed_documents_total{tier,model_version,outcome}``
 - ``tierembed.budget.limit`` / ``.spend`` (gauges, USD): ``tierembed_budget_limit_USD{period}``,
   ``tierembed_budget_spend_USD{period}``, period ``month`` or ``run``; a limit of 0 = none
+- ``tierembed.budget.moved_documents`` (gauge, {document}): ``tierembed_budget_moved_documents{period}``,
+  documents that wanted the paid tier and were moved away from it (by the budget plan or
+  the runtime spend guard) in the latest run because that period's budget ran out; 0 when
+  none. The critical budget alerts fire on it: a budget that stopped spending
 - ``tierembed.api.requests`` (counter): ``tierembed_api_requests_total{provider,model,status}``
 - ``tierembed.api.retries`` (counter): ``tierembed_api_retries_total{provider,model}``
 - ``tierembed.api.rate_limit.wait`` (counter, s):
@@ -191,10 +195,17 @@ class _BudgetGauges:
         self.spend = meter.create_gauge(
             "tierembed.budget.spend", unit="USD",
             description="Billed spend by period: month to date (from the spend ledger), this run.")
+        self.moved = meter.create_gauge(
+            "tierembed.budget.moved_documents", unit="{document}",
+            description="Documents the latest run moved away from the paid tier because this "
+            "period's budget ran out (budget plan + runtime spend guard); 0 when none.")
 
-    def set(self, period: str, limit_usd: float | None, spend_usd: float) -> None:
+    def set(self, period: str, limit_usd: float | None, spend_usd: float,
+            moved: int | None = None) -> None:
         self.limit.set(float(limit_usd or 0.0), {"period": period})
         self.spend.set(float(spend_usd), {"period": period})
+        if moved is not None:
+            self.moved.set(int(moved), {"period": period})
 
 
 class _Pusher:
@@ -426,11 +437,13 @@ class Telemetry:
             raise ValueError(f"unknown document outcome {outcome!r}; expected one of {OUTCOMES}")
         self.instruments.documents.add(n, {"tier": tier, "model_version": version, "outcome": outcome})
 
-    def set_budget(self, period: str, *, limit_usd: float | None, spend_usd: float) -> None:
-        """A budget limit (None: no limit, exported as 0) and the spend against it."""
-        self.instruments.budget.set(period, limit_usd, spend_usd)
+    def set_budget(self, period: str, *, limit_usd: float | None, spend_usd: float,
+                   moved: int | None = None) -> None:
+        """A budget limit (None: no limit, exported as 0), the spend against it and, once a
+        run is over, the documents it moved away from the paid tier because of it."""
+        self.instruments.budget.set(period, limit_usd, spend_usd, moved)
         if self._budget_push is not None:
-            self._budget_push.set(period, limit_usd, spend_usd)
+            self._budget_push.set(period, limit_usd, spend_usd, moved)
 
     def end_run(self) -> None:
         """Breaker gauges back to 0: Pushgateway would keep an 'open' from a finished run."""

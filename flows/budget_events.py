@@ -32,6 +32,7 @@ from tiering.report import RunReport
 from tiering.settings import BudgetSettings
 
 __all__ = [
+    "resume_deployment",
     "EVENT_PREFIX",
     "Emit",
     "budget_event",
@@ -122,7 +123,10 @@ def budget_status(
         month_to_date_usd=month_to_date_usd,
         monthly_limit_usd=budget.monthly_usd,
         warn_fraction=budget.warn_fraction,
-        documents_over_budget=report.over_budget + report.fell_back_budget,
+        documents_over_budget=(report.backfill_deferred if report.backfill_deferred
+                               else report.over_budget + report.fell_back_budget),
+        over_budget_went=("deferred to the next backfill run" if report.backfill_deferred
+                          else "embedded locally instead"),
     )
 
 
@@ -156,3 +160,19 @@ def settle_budget(
         alerts = status.alerts()
     notes.extend(f"budget {a.level.value} ({a.scope}): {a.message()}" for a in alerts)
     return replace(report, notes=tuple(notes)), status
+
+
+def resume_deployment(name: str) -> tuple[str, bool]:
+    """Resume a deployment the budget automation paused (``<flow>/<deployment>``), through
+    the Prefect API in ``PREFECT_API_URL``. Returns its id and whether it had been paused.
+
+    Prefect 3.9 has no ``prefect deployment resume`` command (``prefect deployment schedule
+    resume`` resumes schedules, not a paused deployment); this calls the client's own
+    ``resume_deployment``."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        was_paused = bool(deployment.paused)
+        client.resume_deployment(deployment.id)
+    return str(deployment.id), was_paused

@@ -7,6 +7,7 @@ explains its options.
 """
 
 # Prefect before Beam (see flows.embed).
+import contextlib
 import json
 import logging
 import os
@@ -93,16 +94,23 @@ def run(
     set named in the report (replay it with `tierembed replay`).
     """
     _setup_logging(verbose)
+    from beam_pipeline.progress import run_progress_dir
     from beam_pipeline.read import match_sources
-    from flows.embed import embed_documents
+    from flows.embed import embed_documents, new_run_id
+    from flows.progress_line import ProgressLine
     from flows.reporting import render_text
     from tiering.settings import load_settings
 
     try:
         # Fail fast, before Prefect starts: bad settings, missing input.
-        match_sources(source, load_settings(config).input.format)
-        result = embed_documents(source=source, config_path=str(config) if config else None,
-                                 budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh)
+        settings = load_settings(config)
+        match_sources(source, settings.input.format)
+        run_id = new_run_id()
+        live = ProgressLine(run_progress_dir(settings.telemetry.progress_dir, run_id))
+        with live if verbose and not dry_run else contextlib.nullcontext():
+            result = embed_documents(source=source, config_path=str(config) if config else None,
+                                     budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
+                                     run_id=run_id)
     except TierembedError as exc:
         _fail(exc)
         return
@@ -131,10 +139,14 @@ def _report_from_dict(d: dict) -> "object":
         skipped_unchanged=d["skipped_unchanged"], over_budget=d["over_budget"],
         fell_back_budget=d.get("fell_back_budget", 0),
         backfill_deferred=d.get("backfill_deferred", 0),
+        backfill_not_sent=d.get("backfill_not_sent", 0),
+        shadow_not_sent=d.get("shadow_not_sent", 0),
         api_requests=tuple(sorted(d["api_requests"].items())), api_retries=d["api_retries"],
         dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
         month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],
         duration_s=d["duration_s"], endpoint=d["endpoint"], notes=tuple(d.get("notes", ())),
+        api_breaker=tuple(sorted(d.get("api_breaker", {}).items())),
+        api_cached=d.get("api_cached", 0), api_size_splits=d.get("api_size_splits", 0),
     )
 
 

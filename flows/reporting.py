@@ -89,7 +89,14 @@ def render_text(report: RunReport) -> str:
     lines.append(_budget_line(report))
     if report.api_requests:
         reqs = ", ".join(f"{k}: {v}" for k, v in report.api_requests)
-        lines.append(f"  API requests by status: {reqs}; retries: {report.api_retries}")
+        lines.append(f"  API requests by status: {reqs}; retries: {report.api_retries}"
+                     + (f"; split for size: {report.api_size_splits}" if report.api_size_splits else ""))
+    if report.api_breaker:
+        moves = ", ".join(f"{k}: {v}" for k, v in report.api_breaker)
+        lines.append(f"  API circuit breaker: {moves}")
+    if report.api_cached:
+        lines.append(f"  API result cache: {report.api_cached} documents' vectors were paid for by an "
+                     "earlier run and not paid again")
     stages = ", ".join(f"{k}: {v}" for k, v in report.dead_letters_by_stage) or "none"
     lines.append(f"  dead letters: {report.dead_letters} ({stages}) -> {report.dead_letter_path}")
     lines.append(f"  written to the store: {report.written}; accounting "

@@ -75,8 +75,11 @@ class RunTelemetry:
             return
         if report.skipped_unchanged:
             tel.record_outcome("skipped", NO_TIER, NO_TIER, report.skipped_unchanged)
-        tel.set_budget("month", limit_usd=status.monthly_limit_usd, spend_usd=status.month_to_date_usd)
-        tel.set_budget("run", limit_usd=status.run_limit_usd, spend_usd=status.run_spend_usd)
+        moved = status.documents_moved()
+        tel.set_budget("month", limit_usd=status.monthly_limit_usd, spend_usd=status.month_to_date_usd,
+                       moved=moved["month"])
+        tel.set_budget("run", limit_usd=status.run_limit_usd, spend_usd=status.run_spend_usd,
+                       moved=moved["run"])
         if self._progress is not None:
             self._progress.stop(complete=True, note=(
                 f"{report.written} written, {report.dead_letters} dead-lettered, "
@@ -140,6 +143,7 @@ class ProgressArtifact:
         self._id: UUID | None = None
         self._total: int | None = None
         self._percent = 0.0
+        self._described = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -164,19 +168,29 @@ class ProgressArtifact:
             self.poll()
 
     def poll(self) -> float:
-        """Read the progress files and update the artifact if the figure moved."""
+        """Read the progress files and update the artifact if anything moved. Documents
+        count as done once written or dead-lettered, or once the API tier has their vectors
+        (its replies are reported as they arrive; writers may flush only at the end)."""
         progress = read_progress(self._dir)
         percent = self._percent
         if self._total:
-            percent = min(99.0, 100.0 * progress.done / self._total)
-        if percent != self._percent or progress.done:
-            self._send(percent, self._describe(progress))
+            done = max(progress.done, progress.api_documents)
+            percent = max(self._percent, min(99.0, 100.0 * done / self._total))
+        description = self._describe(progress)
+        if percent != self._percent or description != self._described:
+            self._send(percent, description)
+            self._described = description
         return percent
 
     def _describe(self, p: RunProgress) -> str:
         of = f" of about {self._total} input records" if self._total else ""
+        api = ""
+        if p.api_requests:
+            api = (f"; API tier: {p.api_documents} documents, {p.api_tokens} tokens billed "
+                   f"(${p.api_cost_usd:,.6f}), {p.api_requests} requests, {p.api_429} answered "
+                   f"429, {p.api_wait_s:,.1f}s waited for rate limits")
         return (f"run {self._run_id}: {p.written} written, {p.dead_lettered} dead-lettered"
-                f"{of} ({p.fell_back} fell back to the local tier)")
+                f"{of} ({p.fell_back} fell back to the local tier){api}")
 
     def _send(self, percent: float, description: str) -> None:
         if self._id is None:

@@ -26,6 +26,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _own_result_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own API result cache (the default path is relative to the working
+    directory and would carry paid vectors from one test into the next, CLI children too)."""
+    monkeypatch.setenv("TIEREMBED_API__RESULT_CACHE__PATH", str(tmp_path / "api_results.sqlite"))
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> SettingsFactory:
     """Settings whose store, dead letters and ledger live under tmp_path."""

@@ -158,6 +158,7 @@ class BudgetAlert:
     limit_usd: float
     warn_fraction: float
     documents_over_budget: int = 0
+    over_budget_went: str = "embedded locally instead"  # a backfill's: deferred to its next run
 
     @property
     def fraction(self) -> float | None:
@@ -180,7 +181,7 @@ class BudgetAlert:
         if self.documents_over_budget:
             text += (
                 f"; {self.documents_over_budget} documents that wanted the paid tier were "
-                "embedded locally instead"
+                f"{self.over_budget_went}"
             )
         if self.level is BudgetLevel.EXCEEDED:
             return text + (
@@ -223,6 +224,7 @@ class BudgetStatus:
     monthly_limit_usd: float | None
     warn_fraction: float
     documents_over_budget: int = 0
+    over_budget_went: str = "embedded locally instead"
 
     @property
     def run_left_usd(self) -> float | None:
@@ -250,13 +252,24 @@ class BudgetStatus:
             demoted = self.documents_over_budget
             level = budget_level(self.run_spend_usd, self.run_limit_usd, self.warn_fraction, demoted)
             out.append(BudgetAlert("run", level, self.run_spend_usd, self.run_limit_usd,
-                                   self.warn_fraction, demoted))
+                                   self.warn_fraction, demoted, self.over_budget_went))
         if self.monthly_limit_usd is not None:
             demoted = self.documents_over_budget if month_binds else 0
             level = budget_level(self.month_to_date_usd, self.monthly_limit_usd, self.warn_fraction, demoted)
             out.append(BudgetAlert("month", level, self.month_to_date_usd, self.monthly_limit_usd,
-                                   self.warn_fraction, demoted))
+                                   self.warn_fraction, demoted, self.over_budget_went))
         return tuple(a for a in out if a.level is not BudgetLevel.OK)
+
+    def documents_moved(self) -> dict[str, int]:
+        """Documents moved away from the paid tier, by the limit that moved them (``run``
+        or ``month``; the other is 0): what the ``tierembed.budget.moved`` gauge exports."""
+        moved = {"run": 0, "month": 0}
+        if self.documents_over_budget:
+            binding = "month" if self._month_binds() else "run"
+            if binding == "run" and self.run_limit_usd is None:
+                binding = "month"
+            moved[binding] = self.documents_over_budget
+        return moved
 
     def gauges(self) -> dict[str, float]:
         """Current values for the budget gauges (absent limits are left out)."""

@@ -17,6 +17,8 @@ import numpy.typing as npt
 
 __all__ = [
     "estimate_tokens",
+    "token_upper_bound",
+    "SPECIAL_TOKENS",
     "chunk_text",
     "split_to_fit",
     "aggregate_vectors",
@@ -35,6 +37,19 @@ def estimate_tokens(text: str) -> int:
     for piece in _PIECE_RE.findall(text):
         total += 1 + len(piece) // 7
     return max(total, 1)
+
+
+SPECIAL_TOKENS = 2
+"""Tokens a model may add to every input on top of its text ([CLS]/[SEP], <s>/</s>)."""
+
+
+def token_upper_bound(text: str) -> int:
+    """An upper bound of the tokens any tokenizer bills for ``text``: its UTF-8 bytes plus
+    :data:`SPECIAL_TOKENS`. Byte-level BPE (OpenAI's tokenizers) never makes more tokens
+    than bytes; WordPiece and SentencePiece pieces cover at least one character (one or
+    more bytes) each, plus the special tokens some servers count. Budgets use this bound
+    where the estimate could be passed (codes and identifiers, other scripts)."""
+    return len(text.encode("utf-8")) + SPECIAL_TOKENS
 
 
 def chunk_text(text: str, max_tokens: int, count: Callable[[str], int] = estimate_tokens) -> list[str]:

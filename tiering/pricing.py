@@ -106,25 +106,31 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
 class SpendGuard:
     """This worker's share of the run budget, checked before each paid request.
 
-    A request may go out only if what was billed so far, plus the estimated cost of the
-    requests already in flight, plus its own estimated cost stays within the cap. On the
-    reply the estimate is replaced by the billed figure (:meth:`settle`); a request that
-    fails unbilled gives its reservation back (:meth:`release`). No cap admits everything.
-
-    Estimates are scaled by the worst billed/estimated ratio seen so far (never below 1), so
-    a tokenizer that counts more than our estimate (multilingual models do: up to 1.3x) is
-    learned from the first reply on; only requests in flight before that reply rely on the
-    raw estimate.
+    A request may go out only if what was billed so far, plus an **upper bound** of the
+    cost of every request in flight, plus an upper bound of its own cost stays within the
+    cap; on the reply the bound is replaced by the billed figure (:meth:`settle`), and a
+    request that fails unbilled gives it back (:meth:`release`). The bound is
+    :func:`tiering.chunking.token_upper_bound` (a text can never need more tokens than its UTF-8
+    bytes, plus the special tokens some models add), not the estimate: a provider that
+    counts more than our estimate (real tokenizers split codes and identifiers into many
+    pieces) cannot push billed spend past the cap, not even with the first request, before
+    any reply has said how it counts. The bound is several times the real cost, so near the
+    cap the caller waits for replies in flight (their bounds turn into smaller bills) and
+    sends smaller requests rather than giving up early (see ``ApiEmbedder``). No cap
+    admits everything.
     """
 
     def __init__(self, cap_usd: float | None, price: Price | None) -> None:
         if cap_usd is not None and price is None:
-            raise ValueError("a spend cap needs the model's price to estimate request costs")
+            raise ValueError("a spend cap needs the model's price to bound request costs")
         self._cap = None if cap_usd is None else Fraction(repr(float(cap_usd)))
         self._per_token = price.per_token if price is not None else Fraction(0)
         self._billed_tokens = 0
         self._reserved_tokens = 0
-        self._ratio = Fraction(1)
+
+    @property
+    def capped(self) -> bool:
+        return self._cap is not None
 
     @property
     def billed_usd(self) -> Fraction:
@@ -134,24 +140,39 @@ class SpendGuard:
     def reserved_usd(self) -> Fraction:
         return self._reserved_tokens * self._per_token
 
-    def try_reserve(self, est_tokens: int) -> bool:
-        """Reserve ``est_tokens`` if their estimated cost still fits; False leaves no trace."""
-        if self._cap is not None:
-            committed = self._billed_tokens + (self._reserved_tokens + est_tokens) * self._ratio
-            if committed * self._per_token > self._cap:
-                return False
-        self._reserved_tokens += est_tokens
+    @property
+    def in_flight(self) -> bool:
+        """Whether requests are holding reservations (their replies may free room)."""
+        return self._reserved_tokens > 0
+
+    def fits(self, max_tokens: int) -> bool:
+        """Whether a request of at most ``max_tokens`` fits beside what is billed and held."""
+        if self._cap is None:
+            return True
+        committed = self._billed_tokens + self._reserved_tokens + max_tokens
+        return committed * self._per_token <= self._cap
+
+    def could_ever_fit(self, max_tokens: int) -> bool:
+        """Whether it would fit once every request in flight were settled at no cost."""
+        if self._cap is None:
+            return True
+        return (self._billed_tokens + max_tokens) * self._per_token <= self._cap
+
+    def try_reserve(self, max_tokens: int) -> bool:
+        """Reserve ``max_tokens`` (an upper bound of the request) if it fits; False leaves
+        no trace."""
+        if not self.fits(max_tokens):
+            return False
+        self._reserved_tokens += max_tokens
         return True
 
-    def settle(self, est_tokens: int, billed_tokens: int) -> None:
+    def settle(self, max_tokens: int, billed_tokens: int) -> None:
         """Turn a reservation into the provider's bill for that request."""
-        self.release(est_tokens)
+        self.release(max_tokens)
         self._billed_tokens += billed_tokens
-        if est_tokens > 0:
-            self._ratio = max(self._ratio, Fraction(billed_tokens, est_tokens))
 
-    def release(self, est_tokens: int) -> None:
+    def release(self, max_tokens: int) -> None:
         """Give back a reservation whose request will not be billed."""
-        if est_tokens > self._reserved_tokens:
-            raise ValueError(f"releasing {est_tokens} tokens, only {self._reserved_tokens} reserved")
-        self._reserved_tokens -= est_tokens
+        if max_tokens > self._reserved_tokens:
+            raise ValueError(f"releasing {max_tokens} tokens, only {self._reserved_tokens} reserved")
+        self._reserved_tokens -= max_tokens

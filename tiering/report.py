@@ -11,7 +11,10 @@ Counter names (namespace ``tierembed``): ``records_read``, ``documents_valid``,
 ``chunked.<tier>.<version>``, ``chunks.<tier>.<version>``, ``est_tokens.<tier>.<version>``,
 ``billed_tokens.api.<version>``, ``fell_back.api.<version>``, ``written.<version>``,
 ``routed_over_budget``, ``api_requests.<version>.<status>``, ``api_retries.<version>``,
-``shadow.<tier>.<version>`` (shadow targets, also in ``routed``), ``backfill_deferred``.
+``shadow.<tier>.<version>`` (shadow targets, also in ``routed``), ``backfill_deferred``,
+``api_breaker.<version>.<from>-><to>`` (circuit breaker transitions),
+``cached.api.<version>`` (documents whose vectors came from the result cache, paid earlier),
+``api_size_splits.<version>`` and ``api_budget_splits.<version>``.
 
 Budget figures: ``budget_usd`` is the budget the run was planned with (the tighter of the
 per-run cap and what the month had left), ``month_to_date_usd`` the month's committed spend
@@ -20,7 +23,7 @@ before the run; ``run_left_usd`` and ``month_left_usd`` are what is left after i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tiering.pricing import Price, cost_usd
@@ -68,6 +71,11 @@ class RunReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
     fell_back_budget: int = 0  # targets the runtime spend guard moved to the local tier
     backfill_deferred: int = 0  # backfill: documents the budget left for the next backfill run
+    backfill_not_sent: int = 0  # ... of which routed, then kept from the API by its spend cap or breaker
+    shadow_not_sent: int = 0  # shadow API targets the spend cap or breaker kept (live vector kept)
+    api_breaker: tuple[tuple[str, int], ...] = ()  # circuit breaker transitions, by name
+    api_cached: int = 0  # API documents whose vectors came from the result cache
+    api_size_splits: int = 0  # requests split after a refusal for size
 
     @property
     def dead_letters(self) -> int:
@@ -111,15 +119,16 @@ class RunReport:
 
     def accounting_ok(self) -> bool:
         """Nothing lost: read = valid + validation dead letters; valid = routed + skipped
-        (+ deferred by a backfill's budget);
-        every routed (document, version) target = written + dead-lettered after validation."""
+        (+ deferred by a backfill's plan); every routed (document, version) target = written +
+        dead-lettered after validation + not sent (backfill deferred at run time, shadow)."""
         validate_dl = dict(self.dead_letters_by_stage).get("validate", 0)
         targets = sum(line.routed for line in self.lines)
         return (
             self.records_read == self.documents_valid + validate_dl
             and self.documents_valid == self.documents_routed + self.skipped_unchanged
-            + self.backfill_deferred
+            + self.backfill_deferred - self.backfill_not_sent
             and targets == self.written + self.dead_letters - validate_dl
+            + self.backfill_not_sent + self.shadow_not_sent
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -135,6 +144,8 @@ class RunReport:
             "over_budget": self.over_budget,
             "fell_back_budget": self.fell_back_budget,
             "backfill_deferred": self.backfill_deferred,
+            "backfill_not_sent": self.backfill_not_sent,
+            "shadow_not_sent": self.shadow_not_sent,
             "cost_usd": self.cost_usd,
             "est_cost_usd": self.est_cost_usd,
             "budget_usd": self.budget_usd,
@@ -146,6 +157,9 @@ class RunReport:
             "api_documents_wanted": self.api_documents_wanted,
             "api_requests": dict(self.api_requests),
             "api_retries": self.api_retries,
+            "api_breaker": dict(self.api_breaker),
+            "api_cached": self.api_cached,
+            "api_size_splits": self.api_size_splits,
             "dead_letter_path": self.dead_letter_path,
             "duration_s": round(self.duration_s, 3),
             "endpoint": self.endpoint,
@@ -188,6 +202,16 @@ def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Pric
     )
 
 
+def _summed(counters: Mapping[str, int], prefix: str,
+            name: Callable[[str], str]) -> tuple[tuple[str, int], ...]:
+    """Counters under ``prefix`` summed by ``name(key)`` (over model versions), sorted."""
+    out: dict[str, int] = {}
+    for key, n in counters.items():
+        if key.startswith(prefix) and n:
+            out[name(key)] = out.get(name(key), 0) + n
+    return tuple(sorted(out.items()))
+
+
 def build_report(
     *,
     run_id: str,
@@ -223,9 +247,14 @@ def build_report(
         skipped_unchanged=counters.get("skipped_unchanged", 0),
         over_budget=counters.get("routed_over_budget", 0),
         fell_back_budget=sum(n for k, n in counters.items() if k.startswith("fell_back_budget.")),
-        backfill_deferred=counters.get("backfill_deferred", 0),
+        backfill_deferred=counters.get("backfill_deferred", 0) + counters.get("backfill_not_sent", 0),
+        backfill_not_sent=counters.get("backfill_not_sent", 0),
+        shadow_not_sent=sum(n for k, n in counters.items() if k.startswith("shadow_not_sent.")),
         api_requests=tuple(sorted(merged.items())),
         api_retries=sum(n for k, n in counters.items() if k.startswith("api_retries.")),
+        api_breaker=_summed(counters, "api_breaker.", lambda k: k.rsplit(".", 1)[1]),
+        api_cached=sum(n for k, n in counters.items() if k.startswith("cached.api.")),
+        api_size_splits=sum(n for k, n in counters.items() if k.startswith("api_size_splits.")),
         dead_letter_path=dead_letter_path,
         **extra,  # type: ignore[arg-type]
     )

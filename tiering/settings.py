@@ -35,6 +35,7 @@ __all__ = [
     "ApiTierSettings",
     "RetrySettings",
     "BreakerSettings",
+    "ResultCacheSettings",
     "RoutingRule",
     "RoutingSettings",
     "SearchSettings",
@@ -189,7 +190,29 @@ class BreakerSettings(_Section):
     failure_threshold: int = Field(5, ge=1, description="Consecutive failed requests that open it.")
     reset_after_s: float = Field(30.0, gt=0, description="Open time before one trial request.")
     on_open: Literal["local", "dead_letter"] = Field(
-        "local", description="What happens to documents while open: embed locally or dead-letter."
+        "local", description="What happens to documents whose wait for an open breaker passed "
+        "max_wait_s: embed locally or dead-letter."
+    )
+    max_wait_s: float = Field(
+        120.0, ge=0.0, le=3600.0,
+        description="How long a request waits for an open breaker (which probes the endpoint "
+        "every reset_after_s) before its documents go to on_open; 0 sends them there at once.",
+    )
+
+
+class ResultCacheSettings(_Section):
+    """Durable paid results: every API reply's vectors, kept by content hash and model
+    version, so a run killed at any moment and started again pays only for what was in
+    flight. Works with every sink (it sits before the store)."""
+
+    path: str | None = Field(
+        ".tierembed/api_results.sqlite",
+        description="SQLite file of the result cache (a local disk, one per machine); "
+        "null turns it off.",
+    )
+    ttl_days: float = Field(
+        30.0, gt=0.0, le=3650.0,
+        description="Entries older than this are pruned at the start of each run.",
     )
 
 
@@ -223,6 +246,19 @@ class ApiTierSettings(_Section):
         description="The provider's TPM limit for this endpoint and model (see worker_share).",
     )
     max_in_flight: int = Field(4, ge=1, le=256, description="Concurrent requests per worker.")
+    max_request_share: float = Field(
+        0.05, gt=0.0, le=1.0,
+        description="Largest share of tokens_per_minute one request may take (by estimate "
+        "times the provider's billed/estimated ratio seen so far), so requests fit the "
+        "provider's minute with margin and pack it evenly.",
+    )
+    preflight: bool = Field(
+        True,
+        description="Before the pipeline, check that the endpoint answers, accepts the key "
+        "and knows each API model (a free GET /models/{model}; a one-input request when the "
+        "server has no such route); a run whose API tier cannot work fails at once.",
+    )
+    result_cache: ResultCacheSettings = Field(default_factory=ResultCacheSettings)
     worker_share: float | None = Field(
         None,
         gt=0.0,

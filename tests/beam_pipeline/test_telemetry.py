@@ -73,8 +73,8 @@ def _exposition(tel_records: Any) -> str:
 def test_prometheus_names_and_labels_match_the_alert_rules_contract() -> None:
     def records(tel: Telemetry) -> None:
         tel.seed([LOCAL, API])
-        tel.set_budget("month", limit_usd=100.0, spend_usd=12.5)
-        tel.set_budget("run", limit_usd=None, spend_usd=1.0)
+        tel.set_budget("month", limit_usd=100.0, spend_usd=12.5, moved=7)
+        tel.set_budget("run", limit_usd=None, spend_usd=1.0, moved=0)
 
     families = {f.name: f for f in text_string_to_metric_families(_exposition(records))}
     samples = {s.name: s for f in families.values() for s in f.samples}
@@ -88,6 +88,7 @@ def test_prometheus_names_and_labels_match_the_alert_rules_contract() -> None:
         "tierembed_documents_total": {"tier", "outcome"},
         "tierembed_budget_limit_USD": {"period"},
         "tierembed_budget_spend_USD": {"period"},
+        "tierembed_budget_moved_documents": {"period"},
         "tierembed_api_requests_total": {"provider", "model", "status"},
         "tierembed_api_retries_total": {"provider", "model"},
         "tierembed_api_breaker_state": {"provider", "model"},
@@ -96,6 +97,8 @@ def test_prometheus_names_and_labels_match_the_alert_rules_contract() -> None:
         assert labels <= set(samples[name].labels), (name, samples[name].labels)
     limits = {s.labels["period"]: s.value for s in families["tierembed_budget_limit_USD"].samples}
     assert limits == {"month": 100.0, "run": 0.0}  # no run limit exports 0, which the rules ignore
+    moved = {s.labels["period"]: s.value for s in families["tierembed_budget_moved_documents"].samples}
+    assert moved == {"month": 7.0, "run": 0.0}
 
 
 def test_seeding_creates_every_series_at_zero() -> None:

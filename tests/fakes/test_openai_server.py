@@ -25,6 +25,7 @@ import pytest
 from tests.fakes.openai_server import (
     FakeOpenAIServer,
     FakeServerConfig,
+    billed_tokens,
     configure_remote,
     count_tokens,
     embed_text,
@@ -131,12 +132,13 @@ def test_dimensions_truncates_and_renormalizes(client: openai.OpenAI) -> None:
     assert math.isclose(cosine(vector, vector), 1.0, rel_tol=1e-6)
 
 
-def test_usage_equals_count_tokens_and_billed_stats_match(
+def test_usage_equals_the_configured_count_and_billed_stats_match(
     server: FakeOpenAIServer, client: openai.OpenAI
 ) -> None:
     texts = ["one, two", "three four five.", "six"]
     reply = client.embeddings.create(model=MODEL, input=texts)
-    expected = sum(count_tokens(t) for t in texts)
+    expected = sum(billed_tokens(t, server.config) for t in texts)
+    assert expected == 2 + 4 + 1  # ceil(UTF-8 bytes / 4), the default rule
     assert reply.usage.prompt_tokens == reply.usage.total_tokens == expected
     client.embeddings.create(model="other-model", input=[[1, 2, 3], [4, 5]])
     stats = server.stats()
@@ -167,7 +169,8 @@ def test_unknown_model_answers_404_model_not_found() -> None:
 
 
 def test_input_over_token_limit_answers_400_and_records_max_seen() -> None:
-    with FakeOpenAIServer(FakeServerConfig(max_tokens_per_input=5)) as srv, make_client(srv) as c:
+    config = FakeServerConfig(max_tokens_per_input=5, token_count="words")
+    with FakeOpenAIServer(config) as srv, make_client(srv) as c:
         with pytest.raises(openai.BadRequestError) as caught:
             c.embeddings.create(model=MODEL, input=["ok", "one two three four five six"])
         stats = srv.stats()
@@ -179,7 +182,7 @@ def test_input_over_token_limit_answers_400_and_records_max_seen() -> None:
 
 
 def test_too_many_inputs_and_too_many_request_tokens_answer_400() -> None:
-    config = FakeServerConfig(max_inputs_per_request=2, max_tokens_per_request=5)
+    config = FakeServerConfig(max_inputs_per_request=2, max_tokens_per_request=5, token_count="words")
     with FakeOpenAIServer(config) as srv, make_client(srv) as client:
         with pytest.raises(openai.BadRequestError) as too_many:
             client.embeddings.create(model=MODEL, input=["a", "b", "c"])
@@ -190,50 +193,119 @@ def test_too_many_inputs_and_too_many_request_tokens_answer_400() -> None:
     assert too_long.value.code == "max_tokens_per_request"
 
 
-def test_success_carries_ratelimit_headers() -> None:
-    with FakeOpenAIServer(FakeServerConfig(rpm=60, tpm=1000)) as srv, make_client(srv) as c:
-        raw = c.embeddings.with_raw_response.create(model=MODEL, input="a b c")
-    assert raw.headers["x-ratelimit-limit-requests"] == "60"
-    assert raw.headers["x-ratelimit-remaining-requests"] == "59"
-    assert raw.headers["x-ratelimit-reset-requests"] == "1s"
-    assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
-    assert raw.headers["x-ratelimit-remaining-tokens"] == "997"
-    assert raw.headers["x-ratelimit-reset-tokens"] == "180ms"
-    assert raw.parse().usage.prompt_tokens == 3
+def words(**changes: object) -> FakeServerConfig:
+    """A config that bills one token per word or mark, so limits read as word counts."""
+    return FakeServerConfig(token_count="words", **changes)  # type: ignore[arg-type]
 
 
-def test_rpm_exhausted_answers_429_with_retry_after_and_refills() -> None:
+def test_success_carries_ratelimit_headers_of_the_window() -> None:
     clock = ManualClock()
-    with FakeOpenAIServer(FakeServerConfig(rpm=2), clock=clock) as srv, make_client(srv) as c:
+    with FakeOpenAIServer(words(rpm=60, tpm=1000), clock=clock) as srv, make_client(srv) as c:
+        c.embeddings.create(model=MODEL, input="a b c")
+        clock.advance(20)
+        raw = c.embeddings.with_raw_response.create(model=MODEL, input="a b c d")
+    assert raw.headers["x-ratelimit-limit-requests"] == "60"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "58"
+    assert raw.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert raw.headers["x-ratelimit-remaining-tokens"] == "993"
+    # "until the limit resets to its initial state": the newest request leaves in 60 s
+    assert raw.headers["x-ratelimit-reset-tokens"] == raw.headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert raw.parse().usage.prompt_tokens == 4
+
+
+def test_rpm_exhausted_answers_429_until_the_oldest_request_leaves_the_window() -> None:
+    clock = ManualClock()
+    with FakeOpenAIServer(words(rpm=2), clock=clock) as srv, make_client(srv) as c:
         c.embeddings.create(model=MODEL, input="a")
+        clock.advance(10)
         c.embeddings.create(model=MODEL, input="b")
+        clock.advance(20)  # a bucket would have refilled one request by now; a window has not
         with pytest.raises(openai.RateLimitError) as caught:
             c.embeddings.create(model=MODEL, input="c")
-        clock.advance(30)  # 2 per minute refills one request every 30 s
+        clock.advance(30)  # the first request leaves the window 60 s after it was admitted
         c.embeddings.create(model=MODEL, input="c")
+        with pytest.raises(openai.RateLimitError):
+            c.embeddings.create(model=MODEL, input="d")
         stats = srv.stats()
     headers = caught.value.response.headers
     assert (headers["retry-after"], headers["retry-after-ms"]) == ("30", "30000")
     assert headers["x-ratelimit-remaining-requests"] == "0"
-    assert headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert headers["x-ratelimit-reset-requests"] == "40s"
     assert (caught.value.type, caught.value.code) == ("requests", "rate_limit_exceeded")
-    assert stats.rate_limited == {"requests": 1}
-    assert stats.responses_by_status == {200: 3, 429: 1}
+    assert stats.rate_limited == {"requests": 2}
+    assert stats.responses_by_status == {200: 3, 429: 2}
 
 
-def test_tpm_exceeded_answers_429_tokens_without_consuming_budget() -> None:
+def test_tpm_window_frees_tokens_only_as_requests_leave_it() -> None:
     clock = ManualClock()
-    with FakeOpenAIServer(FakeServerConfig(tpm=10), clock=clock) as srv, make_client(srv) as c:
+    with FakeOpenAIServer(words(tpm=10), clock=clock) as srv, make_client(srv) as c:
         c.embeddings.create(model=MODEL, input="a b c d e f g h")  # 8 of 10 tokens
+        clock.advance(45)  # a bucket refilling 10/min would hold 9.5 tokens by now
         with pytest.raises(openai.RateLimitError) as caught:
             c.embeddings.create(model=MODEL, input="a b c d e")
         c.embeddings.create(model=MODEL, input="a b")  # the 429 left 2 tokens untouched
+        clock.advance(15)  # the 8 leave; the 2 stay until t=105
+        c.embeddings.create(model=MODEL, input="a b c d e f g h")
         stats = srv.stats()
     assert caught.value.type == "tokens"
-    # 3 tokens short at 10/60 tokens per second: 18 s.
-    assert caught.value.response.headers["retry-after-ms"] == "18000"
+    assert caught.value.response.headers["retry-after-ms"] == "15000"  # when the 8 leave
     assert stats.rate_limited == {"tokens": 1}
-    assert stats.billed_tokens_by_model == {MODEL: 10}
+    assert stats.billed_tokens_by_model == {MODEL: 18}
+    assert [n for _, n in stats.admitted] == [8, 2, 8]
+
+
+def test_request_over_the_whole_tpm_is_refused_as_openai_does_and_takes_nothing() -> None:
+    with FakeOpenAIServer(words(tpm=10)) as srv, make_client(srv) as c:
+        with pytest.raises(openai.RateLimitError) as caught:
+            c.embeddings.create(model=MODEL, input=["a b c d e f", "g h i j k"])
+        c.embeddings.create(model=MODEL, input="a b c d e f g h i j")  # the window is untouched
+        stats = srv.stats()
+    error = caught.value
+    # the structured fields are those of any TPM 429 (OpenAI sends the same); only the
+    # message and the request's size against x-ratelimit-limit-tokens tell them apart
+    assert (error.status_code, error.type, error.code) == (429, "tokens", "rate_limit_exceeded")
+    assert "Request too large" in error.message and "Limit 10, Requested 11" in error.message
+    assert error.response.headers["x-ratelimit-limit-tokens"] == "10"
+    assert "retry-after" in error.response.headers  # waiting would never help
+    assert stats.rate_limited == {"too_large": 1} and stats.billed_tokens_by_model == {MODEL: 10}
+
+
+def test_each_api_key_has_a_window_of_its_own() -> None:
+    with FakeOpenAIServer(words(rpm=1)) as srv, make_client(srv) as first:
+        first.embeddings.create(model=MODEL, input="a")
+        with pytest.raises(openai.RateLimitError):
+            first.embeddings.create(model=MODEL, input="a")
+        with openai.OpenAI(base_url=srv.base_url, api_key="other", max_retries=0) as second:
+            second.embeddings.create(model=MODEL, input="a")
+
+
+# --------------------------------------------------------------------- token counts
+
+PART_CODES = "XKQ7ZB PLMTRV QZXW9K BRKTLX VZNQPM"
+
+
+def test_token_count_rules_and_ratios_above_and_below_the_estimate() -> None:
+    from tiering.chunking import estimate_tokens
+
+    text = "Bright two-bedroom flat near the station, renovated kitchen and garden."
+    est = estimate_tokens(text)
+    assert billed_tokens(text, FakeServerConfig()) == math.ceil(len(text.encode()) / 4)
+    assert billed_tokens(text, FakeServerConfig(token_count="estimate")) == est
+    above = billed_tokens(text, FakeServerConfig(token_count="estimate", token_ratio=1.07))
+    below = billed_tokens(text, FakeServerConfig(token_count="estimate", token_ratio=0.93))
+    assert above == round(est * 1.07) > est > below == round(est * 0.93)
+    # a real tokenizer splits non-words into pieces: far above our one-per-word estimate
+    assert billed_tokens(PART_CODES, FakeServerConfig(token_count="tokenizer")) > 2 * estimate_tokens(
+        PART_CODES)
+    with pytest.raises(ValueError, match="token_count"):
+        FakeServerConfig(token_count="guess")
+
+
+def test_server_bills_with_its_configured_rule() -> None:
+    config = FakeServerConfig(token_count="tokenizer")
+    with FakeOpenAIServer(config) as srv, make_client(srv) as c:
+        reply = c.embeddings.create(model=MODEL, input=[PART_CODES, "a house"])
+    assert reply.usage.prompt_tokens == billed_tokens(PART_CODES, config) + billed_tokens("a house", config)
 
 
 # ---------------------------------------------------------------------------- faults
@@ -255,6 +327,18 @@ def test_fail_next_sequence_is_honored_then_requests_succeed(
     stats = server.stats()
     assert stats.injected_faults["fail_next"] == 3 and stats.pending_fail_next == ()
     assert stats.responses_by_status == {429: 1, 503: 1, 500: 1, 200: 1}
+
+
+def test_refuse_mode_drops_connections_without_a_reply(
+    server: FakeOpenAIServer, client: openai.OpenAI
+) -> None:
+    server.configure(refuse=True)
+    with pytest.raises(openai.APIConnectionError):
+        client.embeddings.create(model=MODEL, input="x")
+    server.configure(refuse=False)
+    client.embeddings.create(model=MODEL, input="x")
+    stats = server.stats()
+    assert stats.injected_faults["refuse"] >= 1 and stats.responses_by_status == {200: 1}
 
 
 def test_dead_mode_answers_503_until_revived(
@@ -356,8 +440,8 @@ def test_subprocess_serves_one_request_and_stops_on_sigterm() -> None:
         assert line.startswith("LISTENING http://127.0.0.1:") and line.endswith("/v1")
         base_url = line.removeprefix("LISTENING ")
         with openai.OpenAI(base_url=base_url, api_key="test", max_retries=0, timeout=5) as c:
-            assert c.embeddings.create(model=MODEL, input="a b c").usage.prompt_tokens == 3
-        assert fetch_stats(base_url).billed_tokens_by_model == {MODEL: 3}
+            assert c.embeddings.create(model=MODEL, input="a b c").usage.prompt_tokens == 2
+        assert fetch_stats(base_url).billed_tokens_by_model == {MODEL: 2}
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:
@@ -366,3 +450,17 @@ def test_subprocess_serves_one_request_and_stops_on_sigterm() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_unknown_api_keys_are_refused_401_on_every_api_route() -> None:
+    with FakeOpenAIServer(FakeServerConfig(api_keys=("good",))) as srv:
+        with make_client(srv) as wrong:  # api_key="test"
+            with pytest.raises(openai.AuthenticationError) as caught:
+                wrong.embeddings.create(model=MODEL, input="x")
+            with pytest.raises(openai.AuthenticationError):
+                wrong.models.retrieve(MODEL)
+        with openai.OpenAI(base_url=srv.base_url, api_key="good", max_retries=0) as right:
+            right.embeddings.create(model=MODEL, input="x")
+        stats = srv.stats()
+    assert caught.value.code == "invalid_api_key" and "good" not in caught.value.message
+    assert stats.responses_by_status == {401: 1, 200: 1}

@@ -72,6 +72,19 @@ def _api_ids(settings: TierembedSettings) -> set[str]:
     return set(store.existing_hashes("fake-v1"))
 
 
+def _moved_by_the_spend_guard(settings: TierembedSettings) -> set[str]:
+    """Documents the plan admitted to the paid tier that the runtime spend guard moved to
+    the local tier (``fell_back`` rows of the local table)."""
+    lc = settings.sink.lancedb
+    store = LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
+    try:
+        table = store.db.open_table(store.config.table_name("minilm-l6-v2"))
+    except ValueError:  # "Table ... was not found": nothing went to the local tier
+        return set()
+    rows = table.search().select(["id", "fell_back"]).to_arrow().to_pydict()
+    return {i for i, moved in zip(rows["id"], rows["fell_back"], strict=True) if moved}
+
+
 def _run(settings: TierembedSettings, src: Path, budget: float | None, **kw: Any) -> RunReport:
     kw.setdefault("emit", Recorder())
     return run_embedding(settings, str(src), budget_usd=budget, full_refresh=True, **kw)
@@ -155,18 +168,25 @@ def test_raising_the_budget_moves_the_highest_scored_documents_first(
     score = {d["id"]: clf.score(Document(d["id"], d["text"], "t")) for d in docs}
     assert len(set(score.values())) > 5
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    fake_api.configure(token_count="estimate")  # bills our estimate: $0.04 a document
     previous: set[str] = set()
     for n, budget in enumerate((0.0, 0.09, 0.21, 0.45, 10.0)):
         settings = _settings(make_settings, fake_api, tmp_path, f"raise-{n}")
+        before = _billed_usd(fake_api)
         report = _run(settings, src, budget)
-        paid = _api_ids(settings)
-        assert len(paid) == report.api_documents_planned == min(16, int(budget / 0.04 + 1e-9))
-        assert previous <= paid  # raising the budget only adds documents
-        rest = set(score) - paid
-        if paid and rest:
-            assert min(score[i] for i in paid) >= max(score[i] for i in rest)
-        previous = paid
-    assert previous == set(score)
+        paid, guarded = _api_ids(settings), _moved_by_the_spend_guard(settings)
+        planned = paid | guarded
+        assert len(planned) == report.api_documents_planned == min(16, int(budget / 0.04 + 1e-9))
+        assert previous <= planned  # raising the budget only adds documents
+        rest = set(score) - planned
+        if planned and rest:
+            assert min(score[i] for i in planned) >= max(score[i] for i in rest)
+        # The spend guard reserves an upper bound of each request (its UTF-8 bytes, ~6x the
+        # estimate here): it holds the budget, and leaves unsent only what could not fit.
+        assert len(guarded) == report.fell_back_budget
+        assert _billed_usd(fake_api) - before <= budget
+        previous = planned
+    assert previous == set(score) == paid
 
 
 # --------------------------------------------------------------- ledger and runs

@@ -128,8 +128,9 @@ def test_documents_that_fall_back_are_counted_and_the_breaker_gauge_resets(
             **api_overrides(fake_api, models=[{"version": "fake-v1", "model": "fake-embed",
                                                "price_per_million_tokens": PRICE,
                                                "max_tokens_per_request": 5}],
-                            tokens_per_minute=10, retry={"max_attempts": 1},
-                            breaker={"failure_threshold": 1, "reset_after_s": 60}),
+                            tokens_per_minute=10, max_request_share=1.0, retry={"max_attempts": 1},
+                            # documents go to local as soon as the breaker is open
+                            breaker={"failure_threshold": 1, "reset_after_s": 60, "max_wait_s": 0}),
             "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}],
                         "mode": "exclusive"},
             "telemetry": {"exporter": "otlp", "otlp_endpoint": rx.url, "export_interval_s": 3600},

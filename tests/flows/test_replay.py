@@ -54,7 +54,7 @@ def test_replay_after_an_outage_embeds_exactly_what_failed(
         "api": {"endpoint": "custom", "base_url": fake_api.base_url, "api_key": "t",
                 "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}],
                 "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
-                "breaker": {"failure_threshold": 2, "on_open": "dead_letter"}},
+                "breaker": {"failure_threshold": 2, "on_open": "dead_letter", "max_wait_s": 0}},
         "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}],
                     "api_threshold": 1.0,
                     "mode": "exclusive", "budget_decides": False},

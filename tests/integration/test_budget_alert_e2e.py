@@ -9,9 +9,15 @@ Alertmanager (Debian's ``prometheus-alertmanager``, with the real
 receiver). Scrape and evaluation run every second. Every server is started on a free port
 with its own temp data folder and stopped by its pid.
 
-The budget: the API tier's price is 2^-20 USD a token and the monthly limit 8 tokens' worth,
-so two 4-word documents (the fake server bills one token a word, exactly our estimate) use
-it up to the last bit and the third that wanted the API goes to the local tier.
+The budget: the API tier's price is 2^-20 USD a token (sums stay exact) and the monthly limit
+60 tokens' worth; 40 short documents want the API (2 estimated tokens each, billed exactly
+that). The plan admits 30 by their estimate; the spend guard sends a request only while the
+bill so far plus the request's upper bound (its UTF-8 bytes) fits, so it stops short of the
+limit and moves a few more. The run uses its budget up without passing 100%, and the
+critical ``TierembedBudgetExhausted`` must reach the webhook.
+
+Also here: the documented resume step (``tierembed budget resume``) against a real Prefect
+3.9 server, after the budget automation paused the deployment.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ AUTOMATION = ROOT / "deployments" / "automations" / "budget-exceeded.yaml"
 BINARIES = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager",
             "pushgateway": "prometheus-pushgateway"}
 PRICE_PER_MILLION = 0.95367431640625  # exactly 2**-20 USD a token, so sums are exact
-MONTHLY_USD = 8 * 2**-20
+MONTHLY_USD = 60 * 2**-20
 
 
 def _free_port() -> int:
@@ -168,14 +174,14 @@ def alerting_stack(tmp_path: Path) -> Iterator[AlertingStack]:
 
 
 def _docs() -> list[dict[str, Any]]:
-    words = ["alpha beta gamma delta", "north south east west", "red green blue black"]
-    api = [{"id": f"api-{i}", "text": t, "metadata": {"priority": "high"}} for i, t in enumerate(words)]
+    api = [{"id": f"api-{i:02d}", "text": f"house {i:02d}", "metadata": {"priority": "high"}}
+           for i in range(40)]
     local = [{"id": f"local-{i}", "text": f"a quiet street number {i} near the park"} for i in range(3)]
     return api + local
 
 
 @pytest.mark.slow
-def test_run_that_exhausts_a_tiny_monthly_budget_fires_the_alert_at_the_webhook(
+def test_run_that_uses_up_its_monthly_budget_below_100_percent_fires_the_critical_alert(
     alerting_stack: AlertingStack, make_settings: SettingsFactory, fake_api: FakeOpenAIServer,
     tmp_path: Path,
 ) -> None:
@@ -192,36 +198,38 @@ def test_run_that_exhausts_a_tiny_monthly_budget_fires_the_alert_at_the_webhook(
     })
     events: list[dict[str, Any]] = []
     src = write_jsonl(tmp_path / "docs.jsonl", _docs())
-    # A provider's replies take time; here they also outlast a scrape interval, so Prometheus
-    # sees the seeded zeros before the spend (a run shorter than that pushes everything at
-    # its end; see docs/observability.md).
-    fake_api.configure(latency_s=2.0)
+    # The provider bills exactly our estimate here, so the figures below are exact; its
+    # replies take time and outlast a scrape interval, so Prometheus sees the seeded zeros
+    # before the spend (a run shorter than that pushes everything at its end).
+    fake_api.configure(token_count="estimate", latency_s=1.0)
 
     report = run_embedding(make_settings(overrides), str(src), emit=lambda **kw: events.append(kw))
     pushed_at = time.monotonic()  # run_embedding's last act is the final push
 
-    assert report.cost_usd == MONTHLY_USD == report.month_to_date_after_usd  # spent to the last bit
-    assert report.over_budget == 1 and report.accounting_ok()
-    note, alert = alerting_stack.webhook.wait_for_alert("TierembedBudgetExceeded", timeout_s=45)
+    moved = report.over_budget + report.fell_back_budget
+    assert report.accounting_ok() and report.over_budget == 10 and report.fell_back_budget > 0
+    assert 0 < report.cost_usd < MONTHLY_USD  # used up, never passed
+    assert report.cost_usd == fake_api.stats().billed_tokens_total * 2**-20
+    note, alert = alerting_stack.webhook.wait_for_alert("TierembedBudgetExhausted", timeout_s=45)
     delivered_s = note.received_at - pushed_at
     assert delivered_s < 20, f"alert took {delivered_s:.1f}s from the push to the webhook"
     assert note.body["receiver"] == "tierembed-budget-critical"
-    assert alert["labels"] == {"alertname": "TierembedBudgetExceeded", "job": "tierembed",
+    assert alert["labels"] == {"alertname": "TierembedBudgetExhausted", "job": "tierembed", "period": "month",
                                "severity": "critical", "team": "data-platform", "service": "tierembed"}
-    assert alert["annotations"]["summary"] == "tierembed monthly embedding budget exceeded (100% spent)"
-    assert "is 100% of the monthly limit" in alert["annotations"]["description"]
+    assert alert["annotations"]["summary"] == (
+        f"tierembed month embedding budget used up: {moved} documents kept from the paid API")
+    # Go's and Python's %.6g agree: sub-cent figures stay readable, not "0.00 of 0.00"
+    assert f"(spent {report.cost_usd:.6g} of {MONTHLY_USD:.6g} USD)" in alert["annotations"]["description"]
 
     # The counters took the same path: the seeded zero let increase() see the first spend.
     cost = alerting_stack.query('embedding_cost_USD_total{job="tierembed",tier="api"}')
-    assert [float(r["value"][1]) for r in cost] == [MONTHLY_USD]
-    samples = alerting_stack.query('embedding_cost_USD_total{tier="api"}[5m]')
-    values = [float(v) for _, v in samples[0]["values"]]
-    assert values[0] == 0 and values[-1] == MONTHLY_USD, values
+    assert [float(r["value"][1]) for r in cost] == [report.cost_usd]
     increase = alerting_stack.query('increase(embedding_cost_USD_total{tier="api"}[5m])')
     assert float(increase[0]["value"][1]) > 0
     # Prefect got the matching event, which the documented automation reacts to.
     exceeded = [e for e in events if e["event"] == "tierembed.budget.exceeded"]
     assert [e["resource"]["prefect.resource.id"] for e in exceeded] == ["tierembed.budget.month"]
+    assert exceeded[0]["payload"]["documents_over_budget"] == moved
 
 
 def test_budget_automation_is_valid_and_matches_only_the_monthly_exceeded_event() -> None:
@@ -243,3 +251,45 @@ def test_budget_automation_is_valid_and_matches_only_the_monthly_exceeded_event(
     assert matches("month", BudgetLevel.EXCEEDED)
     assert not matches("run", BudgetLevel.EXCEEDED)
     assert not matches("month", BudgetLevel.WARNING)
+
+
+@pytest.mark.slow
+def test_the_automation_pauses_the_deployment_and_the_documented_resume_step_resumes_it() -> None:
+    """On a real Prefect 3.9 server: the automation file is applied as the docs say, a monthly
+    budget event from a run of a deployment pauses that deployment, and `tierembed budget
+    resume <flow>/<deployment>` (docs/observability.md) resumes it."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import DeploymentCreate
+    from prefect.events import emit_event
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.testing.utilities import prefect_test_harness
+    from typer.testing import CliRunner
+
+    from flows.budget_events import budget_event
+    from flows.cli import app
+    from tiering.budget import BudgetAlert, BudgetLevel
+
+    with prefect_test_harness(server_startup_timeout=120), get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("embed-documents")
+        deployment_id = client.create_deployment(**DeploymentCreate(
+            flow_id=flow_id, name="nightly-incremental").model_dump(exclude_unset=True))
+        for raw in yaml.safe_load(AUTOMATION.read_text())["automations"]:
+            client.create_automation(AutomationCore.model_validate(raw))
+        event = budget_event(BudgetAlert("month", BudgetLevel.EXCEEDED, 1.0, 1.0, 0.8, 12),
+                             run_id="r1", month="2026-12")
+        # what Prefect attaches to events emitted by a flow run of a deployment
+        event["related"].append({"prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                                 "prefect.resource.role": "deployment"})
+        emit_event(**event)
+        deadline = time.monotonic() + 30
+        while not client.read_deployment(deployment_id).paused:
+            assert time.monotonic() < deadline, "the automation did not pause the deployment"
+            time.sleep(0.2)
+
+        result = CliRunner().invoke(app, ["budget", "resume", "embed-documents/nightly-incremental"])
+
+        assert result.exit_code == 0, result.output
+        assert "resumed" in result.output
+        assert client.read_deployment(deployment_id).paused is False
+        missing = CliRunner().invoke(app, ["budget", "resume", "embed-documents/no-such"])
+        assert missing.exit_code == 2 and "no deployment" in missing.output

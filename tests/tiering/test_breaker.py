@@ -68,3 +68,24 @@ def test_late_failures_while_open_do_not_count_as_new_openings() -> None:
 def test_nonsense_breakers_are_refused(threshold: int, reset: float) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(threshold, reset, Clock())
+
+
+def test_every_transition_is_counted_and_reported_with_the_wait_until_the_trial() -> None:
+    clock = Clock()
+    seen: list[tuple[str, str]] = []
+    breaker = CircuitBreaker(1, 10.0, clock, on_transition=lambda a, b: seen.append((a.label, b.label)))
+    breaker.record_failure()
+    assert breaker.seconds_until_trial() == 10.0
+    clock.now += 4.0
+    assert breaker.seconds_until_trial() == 6.0
+    clock.now += 6.0
+    assert breaker.seconds_until_trial() == 0.0 and breaker.allow()  # the probe
+    breaker.record_failure()  # the probe failed
+    clock.now += 10.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert seen == [("closed", "open"), ("open", "half-open"), ("half-open", "open"),
+                    ("open", "half-open"), ("half-open", "closed")]
+    assert breaker.transitions == {"closed->open": 1, "open->half-open": 2, "half-open->open": 1,
+                                   "half-open->closed": 1}
+

@@ -86,12 +86,22 @@ def test_spend_guard_without_cap_admits_everything_and_a_cap_needs_a_price() -> 
         SpendGuard(1.0, None)
 
 
-def test_spend_guard_learns_a_tokenizer_that_counts_more_than_the_estimate() -> None:
-    from tiering.pricing import Price, SpendGuard
-
+def test_spend_guard_knows_whether_waiting_for_replies_in_flight_can_help() -> None:
     guard = SpendGuard(100.0, Price("m", "1000000"))  # cap = 100 tokens
-    assert guard.try_reserve(40)
-    guard.settle(40, 52)  # the provider billed 1.3x our estimate
-    # 52 billed + 40 * 1.3 = 104 > 100: refused, though 52 + 40 = 92 would have fitted unscaled
-    assert not guard.try_reserve(40)
-    assert guard.try_reserve(30)  # 52 + 30 * 1.3 = 91
+    assert guard.try_reserve(60)  # an upper bound, in flight
+    assert not guard.fits(50) and guard.in_flight and guard.could_ever_fit(50)
+    guard.settle(60, 15)  # the bill is far below the bound
+    assert not guard.in_flight and guard.try_reserve(50)
+    assert not guard.could_ever_fit(86)  # 15 billed + 86 > 100 whatever comes back
+
+
+def test_token_upper_bound_is_never_below_a_real_tokenizers_count() -> None:
+    """The bound the spend guard reserves: UTF-8 bytes + special tokens. Checked against
+    the real WordPiece tokenizer on text where the estimate is far too low."""
+    from tests.fakes.openai_server import FakeServerConfig, billed_tokens
+    from tiering.chunking import estimate_tokens, token_upper_bound
+
+    wordpiece = FakeServerConfig(token_count="tokenizer")
+    for text in ("XKQ7ZB PLMTRV QZXW9K", "naïve café — 東京タワー 🏠", "a", "https://x.io/?q=Zz9-_~"):
+        assert billed_tokens(text, wordpiece) + 2 <= token_upper_bound(text)
+        assert token_upper_bound(text) >= estimate_tokens(text)

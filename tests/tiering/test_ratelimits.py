@@ -1,4 +1,4 @@
-"""Rate-limit feedback: header parsing, deficit waits, following the provider's buckets."""
+"""Rate-limit feedback (header parsing) and the client's sliding window of a provider limit."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from email.utils import format_datetime
 import pytest
 
 from tiering.ratelimits import (
-    deficit_wait_s,
+    SlidingWindow,
     parse_duration,
     parse_rate_limit_headers,
     parse_retry_after,
     server_wait_s,
-    synced_level,
 )
 
 
@@ -51,28 +50,54 @@ def test_rate_limit_headers_are_read_case_insensitively_limits_included() -> Non
     assert state.known and not parse_rate_limit_headers({}).known
 
 
-def test_deficit_wait_uses_the_refill_rate_not_the_full_reset() -> None:
-    # 60,000 TPM refills 1,000 tokens a second: 900 missing tokens take 0.9 s.
-    assert deficit_wait_s(100, 1000, 60_000) == pytest.approx(0.9)
-    assert deficit_wait_s(5000, 1000, 60_000) == 0.0
-    with pytest.raises(ValueError):
-        deficit_wait_s(0, 1, 0)
-
-
-def test_server_wait_takes_retry_after_else_the_scarcer_bucket_deficit() -> None:
+def test_server_wait_is_the_retry_after_or_nothing() -> None:
     headers = {"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "100",
-               "x-ratelimit-reset-tokens": "59.9s", "x-ratelimit-limit-requests": "60",
-               "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"}
-    assert server_wait_s(headers, 1100) == pytest.approx(1.0)  # tokens: 1000 / 1000 per s
-    assert server_wait_s(headers, 300) == pytest.approx(1.0)   # requests: 1 / (60 / 60 s)
-    assert server_wait_s(headers | {"retry-after-ms": "250"}, 1100) == 0.25
-    no_limit = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7s"}
-    assert server_wait_s(no_limit, 10) == 7.0  # without the limit only the reset is safe
-    assert server_wait_s({}, 10) is None
+               "x-ratelimit-reset-tokens": "59.9s"}
+    assert server_wait_s(headers | {"retry-after-ms": "250"}) == 0.25
+    assert server_wait_s(headers) is None  # the caller's window, corrected by follow(), decides
 
 
-def test_synced_level_never_leaves_more_room_than_the_provider_reports() -> None:
-    assert synced_level(level=0.0, capacity=1000, server_remaining=300) == 700
-    assert synced_level(level=900.0, capacity=1000, server_remaining=300) == 900
-    assert synced_level(level=0.0, capacity=1000, server_remaining=5000) == 0.0
-    assert synced_level(level=0.0, capacity=1000, server_remaining=-5) == 1000
+def test_window_frees_capacity_only_when_a_request_leaves_it_one_window_after_its_reply() -> None:
+    window = SlidingWindow(1000, window_s=60)
+    sent = window.take(800)  # in flight at an estimate
+    assert window.wait_s(300, now=0) is None  # only the reply can tell: wait for it
+    window.settle(sent, 700, now=2.0)  # billed 700, replied at t=2
+    assert window.wait_s(300, now=2.0) == 0.0
+    assert window.wait_s(400, now=30.0) == pytest.approx(32.0)  # a bucket would have refilled
+    assert window.wait_s(400, now=62.0) == 0.0 and window.used(62.0) == 0
+
+
+def test_window_waits_for_the_oldest_settled_requests_first() -> None:
+    window = SlidingWindow(100, window_s=10)
+    for at, n in ((0.0, 40), (1.0, 30), (2.0, 30)):
+        window.settle(window.take(n), n, now=at)
+    assert window.wait_s(50, now=3.0) == pytest.approx(8.0)  # 40 (t=10) and 30 (t=11) must leave
+    assert window.wait_s(30, now=3.0) == pytest.approx(7.0)
+    with pytest.raises(ValueError):
+        window.wait_s(101, now=3.0)
+
+
+def test_cancelled_requests_take_nothing() -> None:
+    window = SlidingWindow(10)
+    window.cancel(window.take(10))
+    assert window.used(0.0) == 0 and window.wait_s(10, 0.0) == 0.0
+
+
+def test_follow_holds_what_the_provider_counts_beyond_our_view_until_its_reset() -> None:
+    window = SlidingWindow(1000, window_s=60)
+    window.settle(window.take(100), 100, now=0.0)
+    held = window.follow(remaining=300, reset_s=20.0, now=0.0)  # someone else used 600
+    assert held == 600 and window.used(0.0) == 700
+    assert window.wait_s(400, now=1.0) == pytest.approx(19.0)  # the provider's reset
+    assert window.follow(remaining=300, reset_s=20.0, now=1.0) == 0  # nothing new: no double count
+    assert window.follow(remaining=5000, reset_s=None, now=1.0) == 0  # more room: keep ours
+    window.follow(remaining=0, reset_s=None, now=1.0)  # no reset header: hold a full window
+    assert window.wait_s(1, now=60.9) is not None and window.used(61.5) == 0
+
+
+def test_a_lower_provider_limit_replaces_ours() -> None:
+    window = SlidingWindow(1000)
+    window.set_limit(400)
+    assert window.wait_s(401 - 1, now=0.0) == 0.0
+    with pytest.raises(ValueError):
+        window.wait_s(401, now=0.0)
