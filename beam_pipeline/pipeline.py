@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
@@ -248,7 +249,12 @@ def run_pipeline(spec: PipelineSpec) -> PipelineOutcome:
     """Build and run the pipeline to completion; return its counters."""
     options = pipeline_options(spec.settings)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, spec)
+    try:
+        build_pipeline(p, spec)
+    except BaseException:
+        # Beam makes the pipeline's temp folder at construction and removes it in run()
+        shutil.rmtree(p.local_tempdir, ignore_errors=True)
+        raise
     result = p.run()
     result.wait_until_finish()
     return PipelineOutcome(
