@@ -180,7 +180,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     per_token = {v: float(pr.per_token) for v, pr in prices.items()}
     telemetry = telemetry_context(s, spec.run_id, spec.api.provider)
 
-    raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
+    raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format, s.input.max_record_bytes)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
     scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
     existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes]).with_output_types(ExistingHashes)

@@ -98,6 +98,14 @@ class InputSettings(_Section):
         le=100_000_000,
         description="Longer documents are dead-lettered (stage 'validate') instead of embedded.",
     )
+    max_record_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="Longest input record (a JSONL line, a CSV record) read, in bytes; a longer one "
+        "is dead-lettered with its first bytes and never held in memory whole. Keep it above "
+        "max_text_chars times the bytes a character takes in the file (JSON escapes take 6).",
+    )
 
 
 class LocalModelSettings(_Section):
