@@ -285,3 +285,33 @@ def test_whole_pipeline_into_weaviate_reports_written_documents_and_progress(
     assert outcome.counters["documents.embedded.api"] == 5  # the same metric the LanceDB writer records
     progress = read_progress(str(tmp_path / "progress" / "tierembed-progress" / "r-wv"))
     assert (progress.written, progress.dead_lettered) == (5, 1)
+
+
+@pytest.mark.parametrize("backend", ["lancedb", "weaviate"])
+def test_a_document_no_store_can_encode_is_dead_lettered_alone_and_its_batch_is_written(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone surrogate in an id or in metadata, or a NaN vector, used to fail the whole
+    flush (every good document of the batch dead-lettered with it)."""
+    bad_id = emb("b\ud800", (0.0, 1.0))
+    bad_meta = EmbeddedDocument(Document("m", "t", "s:2", '{"k": "\udc80"}', "hash-m"), Tier.LOCAL, "v1",
+                                "m", (0.6, 0.8), 1, 3)
+    nan = emb("n", (float("nan"), 1.0))
+    docs = [emb("a", (1.0, 0.0), "alpha"), bad_id, bad_meta, nan, emb("c", (0.6, 0.8), "gamma")]
+    with contextlib.ExitStack() as stack:
+        if backend == "lancedb":
+            cfg: Any = LanceDBSinkConfig(str(tmp_path / "db"), batch_size=10)
+            store_of: OpenStore = lambda c: contextlib.nullcontext(LanceDBStore(c))  # noqa: E731
+        else:
+            double = stack.enter_context(WeaviateDouble())
+            monkeypatch.setattr("weaviate.connect.v4.PYPI_PACKAGE_URL", double.pypi_url)
+            cfg, store_of = wv_config(double, batch_size=10), WeaviateStore
+        letters = dead_letters(cfg, docs, tmp_path)
+        with store_of(cfg) as store:
+            assert store.existing_hashes("v1") == {"a": "hash-alpha", "c": "hash-gamma"}
+    assert sorted((d["doc_id"], d["error_type"], d["retryable"]) for d in letters) == [
+        ("b\ud800", "UnstorableDocument", False), ("m", "UnstorableDocument", False),
+        ("n", "UnstorableDocument", False)]
+    reasons = {d["doc_id"]: d["message"] for d in letters}
+    assert "id is not valid Unicode" in reasons["b\ud800"] and "metadata" in reasons["m"]
+    assert "NaN" in reasons["n"]
