@@ -381,19 +381,22 @@ def _csv_record(path: str, lines: list[tuple[int, str]], header: list[str], valu
 
 
 def _replay_records(path: str, handle: BinaryIO, limit: int) -> Iterator[RawRecord]:
-    """A replay set (written by ``tierembed replay``): each line is ``{"source": original
-    location, "record": the input record}``; records keep their original location."""
+    """A replay set (written by ``tierembed replay``, see flows.replay): each line is
+    ``{"source": original location, "record": the input record}`` (or ``"raw"``: the
+    record's text when it was not a JSON object); records keep their original location."""
     for record in _jsonl_records(path, handle, limit):
         fields = dict(record.fields or ())
-        inner, origin = fields.get("record"), fields.get("source")
-        if record.parse_error is not None or not isinstance(inner, dict):
+        inner, raw, origin = fields.get("record"), fields.get("raw"), fields.get("source")
+        if record.parse_error is not None or not (isinstance(inner, dict) or isinstance(raw, str)):
             yield record
             continue
         src, _, pos = str(origin or "").rpartition(":")
         if not (src and pos.isdigit()):
             src, pos = record.source, str(record.position)
-        line = json.dumps(inner, ensure_ascii=False)
-        yield RawRecord(src, int(pos), line, fields=tuple(inner.items()))
+        if isinstance(inner, dict):
+            yield RawRecord(src, int(pos), json.dumps(inner, ensure_ascii=False), fields=tuple(inner.items()))
+        else:
+            yield _json_record(src, int(pos), str(raw))
 
 
 _READERS = {"jsonl": _jsonl_records, "parquet": _parquet_records, "csv": _csv_records,

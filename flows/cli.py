@@ -9,16 +9,18 @@ explains its options.
 # Prefect before Beam (see flows.embed).
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import prefect  # noqa: F401
 import typer
 
 from tiering.errors import TierembedError
+from tiering.outcome import EXIT_USAGE, RunStatus
 
 __all__ = ["app", "main"]
 
@@ -70,7 +72,14 @@ def _setup_logging(verbose: bool) -> None:
 
 def _fail(exc: BaseException) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=EXIT_USAGE)
+
+
+def _usd_option(value: Optional[float]) -> Optional[float]:
+    """An amount of US dollars given on the command line: finite and not negative."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise typer.BadParameter(f"must be a finite amount of US dollars, 0 or more; got {value}")
+    return value
 
 
 @app.command()
@@ -79,7 +88,8 @@ def run(
                                           "(gs://, s3://) of .jsonl / .parquet / .csv documents.")],
     config: ConfigOpt = None,
     budget: Annotated[Optional[float], typer.Option(
-        "--budget", help="Cap on API spend in USD for this run (overrides budget.per_run_usd).")] = None,
+        "--budget", callback=_usd_option,
+        help="Cap on API spend in USD for this run (overrides budget.per_run_usd).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Check settings and input, embed nothing.")] = False,
     full_refresh: Annotated[bool, typer.Option(help="Re-embed unchanged documents too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -91,27 +101,48 @@ def run(
     Prints a report per tier and model version: documents, chunked documents, tokens,
     billed cost, dead letters. Bad records never stop the run: they go to the dead-letter
     set named in the report (replay it with `tierembed replay`).
+
+    Exit status: 0 completed (bad input records, if any, are reported as warnings);
+    3 partial (documents dead-lettered by the embedding or store stages beyond
+    dead_letters.max_failed_fraction); 1 failed; 2 bad settings, options or input;
+    130 / 143 stopped by SIGINT / SIGTERM.
     """
     _setup_logging(verbose)
-    from beam_pipeline.read import match_sources
-    from flows.embed import embed_documents
+    code = _run_flow(source, config, budget=budget, dry_run=dry_run, full_refresh=full_refresh,
+                     as_json=as_json)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], dry_run: bool,
+              full_refresh: bool, as_json: bool, overrides: Optional[dict[str, Any]] = None) -> int:
+    """Run the flow, print its report, return the exit code (tiering.outcome)."""
+    from beam_pipeline.read import match_input
+    from flows.embed import RunIncomplete, embed_documents
     from flows.reporting import render_text
     from tiering.settings import load_settings
 
     try:
         # Fail fast, before Prefect starts: bad settings, missing input.
-        match_sources(source, load_settings(config).input.format)
-        result = embed_documents(source=source, config_path=str(config) if config else None,
-                                 budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh)
+        match_input(source, load_settings(config, overrides=overrides).input.format)
+        state = embed_documents(source=source, config_path=str(config) if config else None,
+                                budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
+                                settings_overrides=overrides, return_state=True)
     except TierembedError as exc:
         _fail(exc)
-        return
+        return EXIT_USAGE
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunIncomplete):
+        result = result.report
+    elif isinstance(result, TierembedError):
+        _fail(result)
+    elif isinstance(result, BaseException):
+        raise result
     if as_json or dry_run:
         typer.echo(json.dumps(result, indent=2, default=str))
-        return
-    typer.echo(render_text(_report_from_dict(result)))
-    if not result.get("accounting_ok", False):
-        raise typer.Exit(code=1)
+    else:
+        typer.echo(render_text(_report_from_dict(result)))
+    return RunStatus(result.get("status", RunStatus.COMPLETED.value)).exit_code
 
 
 def _report_from_dict(d: dict) -> "object":
@@ -134,6 +165,7 @@ def _report_from_dict(d: dict) -> "object":
         dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
         month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],
         duration_s=d["duration_s"], endpoint=d["endpoint"], notes=tuple(d.get("notes", ())),
+        status=d.get("status", "completed"), status_reasons=tuple(d.get("status_reasons", ())),
     )
 
 
@@ -183,13 +215,14 @@ def replay(
     what failed is embedded (and paid for) again.
     """
     _setup_logging(True)
-    from flows.replay import dead_letter_files, select_for_replay
+    from beam_pipeline.read import REPLAY_SUFFIX
+    from flows.replay import dead_letter_files, replay_set_lines, select_for_replay
     from tiering.settings import load_settings
 
     try:
         fields = load_settings(config).input
         lines = [line for f in dead_letter_files(dead_letters)
-                 for line in f.read_text(encoding="utf-8").splitlines()]
+                 for line in f.read_text(encoding="utf-8", errors="replace").splitlines()]
     except TierembedError as exc:
         _fail(exc)
         return
@@ -199,11 +232,14 @@ def replay(
                f"; {chosen.skipped_unreadable} without a replayable payload)")
     if not chosen.records:
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "replay.jsonl"
-        path.write_text("\n".join(chosen.records) + "\n", encoding="utf-8")
-        run(str(path), config=config, budget=None, dry_run=False, full_refresh=False,
-            as_json=False, verbose=True)
+    with tempfile.TemporaryDirectory(prefix="tierembed-replay-") as tmp:
+        # A replay set: every record keeps its original source location (see flows.replay).
+        path = Path(tmp) / f"replay{REPLAY_SUFFIX}"
+        path.write_text("\n".join(replay_set_lines(chosen)) + "\n", encoding="utf-8")
+        code = _run_flow(str(path), config, budget=None, dry_run=False, full_refresh=False, as_json=False,
+                         overrides={"input": {"format": "auto"}})  # the replay set is read as one
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command("config")

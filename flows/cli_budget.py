@@ -8,6 +8,7 @@ reservation, and the latest runs.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -137,11 +138,18 @@ def status(
     typer.echo(render_status(ledger, settings.budget, shown, latest))
 
 
+def _finite_usd(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"must be a finite amount of US dollars, 0 or more; got {value}")
+    return value
+
+
 @budget_app.command("reconcile")
 def reconcile(
     run_id: Annotated[str, typer.Argument(help="The run id (see `tierembed budget status`).")],
     billed_usd: Annotated[float, typer.Option(
-        "--billed-usd", min=0.0, help="What the provider billed for that run (0 releases it).")],
+        "--billed-usd", callback=_finite_usd,
+        help="What the provider billed for that run (0 releases it).")],
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="YAML settings file; budget.ledger_path names the ledger.",
         envvar="TIEREMBED_CONFIG")] = None,

@@ -11,6 +11,7 @@ served flow from real annotations.
 
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
+from beam_pipeline.read import match_input
 from flows.budget_events import Emit, settle_budget
 from flows.endpoint import resolve_endpoint, settings_for_endpoint
 from flows.reporting import publish_report
@@ -29,10 +31,12 @@ from flows.secrets import resolve_api_key
 from flows.telemetry_flow import RunTelemetry
 from store.ledger import SpendLedger
 from tiering.errors import InputNotFoundError
+from tiering.outcome import OutcomePolicy, RunStatus, run_outcome
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
 
-__all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes"]
+__all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes", "RunIncomplete",
+           "flow_state"]
 
 _ = prefect  # imported for its side effect on logging order
 
@@ -121,10 +125,49 @@ def run_embedding(
         duration_s=time.monotonic() - started,
         endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
     )
+    skipped = match_input(source, settings.input.format).skipped_note()
+    if skipped:
+        report = replace(report, notes=(*report.notes, skipped))
     report, status = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
                                    month=grant.month, emit=emit)
+    dl = settings.dead_letters
+    outcome = run_outcome(report, OutcomePolicy(dl.max_failed_fraction, dl.max_invalid_fraction))
+    report = replace(report, status=outcome.status.value, status_reasons=outcome.reasons)
     telemetry.finished(report, status)  # month-to-date gauges from the ledger; flush
     return report
+
+
+class RunIncomplete(Exception):  # noqa: N818 - a state's payload more than an error
+    """The result of a flow run that ended partial or failed (see ``tiering.outcome``):
+    the summary, with the whole run report (``report``) riding along."""
+
+    def __init__(self, summary: str, report: dict[str, Any]) -> None:
+        super().__init__(summary, report)
+        self.summary = summary
+        self.report = report
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+def flow_state(report: RunReport) -> Any:
+    """What the flow returns: its report, in a state that tells Prefect how the run ended.
+
+    ``completed``: the report (a plain Completed state); ``completed_with_warnings``: a
+    Completed state named CompletedWithWarnings; ``partial`` / ``failed``: a Failed state
+    (named Partial for the first) whose result is a :class:`RunIncomplete` with the report.
+    """
+    from prefect.states import Completed, Failed
+
+    status = RunStatus(report.status)
+    data = report.to_dict()
+    summary = f"tierembed run {report.run_id}: " + "; ".join((status.value, *report.status_reasons))
+    if status is RunStatus.COMPLETED:
+        return data
+    if status is RunStatus.COMPLETED_WITH_WARNINGS:
+        return Completed(name="CompletedWithWarnings", message=summary[:2000], data=data)
+    name = "Partial" if status is RunStatus.PARTIAL else "Failed"
+    return Failed(name=name, message=summary[:2000], data=RunIncomplete(summary, data))
 
 
 @flow(name="embed-documents", log_prints=True)
@@ -135,7 +178,7 @@ def embed_documents(
     dry_run: bool = False,
     full_refresh: bool = False,
     settings_overrides: Optional[dict[str, Any]] = None,
-) -> dict[str, Any]:
+) -> Any:
     """Embed the documents at SOURCE with the cheapest tier that fits their value and the budget.
 
     Args:
@@ -147,6 +190,13 @@ def embed_documents(
         full_refresh: Re-embed every document even if unchanged.
         settings_overrides: Per-run overrides of any setting, shaped like the YAML file,
             e.g. {"routing": {"api_threshold": 0.7}, "budget": {"monthly_usd": 50}}.
+
+    Returns:
+        The run report (a dict). A run whose documents were dead-lettered by the embedding
+        or store stages beyond ``dead_letters.max_failed_fraction`` ends in a Failed state
+        named ``Partial`` whose result is a ``RunIncomplete`` carrying the report; one with
+        only bad input records in a Completed state named ``CompletedWithWarnings``
+        (see ``flow_state`` and ``tiering.outcome``).
     """
     logger = get_run_logger()
     settings = load_settings(config_path, overrides=settings_overrides)
@@ -159,4 +209,4 @@ def embed_documents(
         return {"dry_run": True, "files": files}
     report = run_embedding(settings, source, budget_usd=budget_usd, full_refresh=full_refresh)
     publish_report(report)
-    return report.to_dict()
+    return flow_state(report)

@@ -66,6 +66,8 @@ class RunReport:
     endpoint: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     fell_back_budget: int = 0  # targets the runtime spend guard moved to the local tier
+    status: str = "completed"  # tiering.outcome.RunStatus: how the run ended
+    status_reasons: tuple[str, ...] = ()
 
     @property
     def dead_letters(self) -> int:
@@ -145,6 +147,8 @@ class RunReport:
             "duration_s": round(self.duration_s, 3),
             "endpoint": self.endpoint,
             "accounting_ok": self.accounting_ok(),
+            "status": self.status,
+            "status_reasons": list(self.status_reasons),
             "tiers": [_line_dict(line) for line in self.lines],
             "notes": list(self.notes),
         }

@@ -338,7 +338,25 @@ class SinkSettings(_Section):
 
 
 class DeadLetterSettings(_Section):
+    """Where dead letters go, and how many a run may have and still count as a success."""
+
     dir: str = Field(".tierembed/dead_letters", description="One JSONL set per run lands here.")
+    max_failed_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of (document, model version) targets that the embedding and store stages "
+        "may dead-letter before the run counts as partial (exit code 3, Prefect state Failed "
+        "named 'Partial'). 0: any such dead letter makes the run partial.",
+    )
+    max_invalid_fraction: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of input records that validation may reject before the run counts as "
+        "partial. 1 (the default): bad input records are reported as warnings (exit code 0, "
+        "Prefect state Completed named 'CompletedWithWarnings'), never a failure.",
+    )
 
 
 class PipelineSettings(_Section):
