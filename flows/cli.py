@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -119,18 +120,26 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
     """Run the flow, print its report, return the exit code (tiering.outcome)."""
     from beam_pipeline.read import match_input
     from flows.embed import RunIncomplete, embed_documents
+    from flows.prefect_server import prefect_api
     from flows.reporting import render_text
+    from flows.signals import graceful_stop, stopped_by_signal
     from tiering.settings import load_settings
 
     try:
         # Fail fast, before Prefect starts: bad settings, missing input.
         match_input(source, load_settings(config, overrides=overrides).input.format)
-        state = embed_documents(source=source, config_path=str(config) if config else None,
-                                budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
-                                settings_overrides=overrides, return_state=True)
+        # SIGINT/SIGTERM stop the run cleanly; the servers it starts die with it even on SIGKILL.
+        with graceful_stop(), prefect_api():
+            state = embed_documents(source=source, config_path=str(config) if config else None,
+                                    budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
+                                    settings_overrides=overrides, return_state=True)
     except TierembedError as exc:
         _fail(exc)
         return EXIT_USAGE
+    except BaseException as exc:
+        if not stopped_by_signal(exc):
+            raise
+        return _stopped()
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunIncomplete):
         result = result.report
@@ -143,6 +152,18 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
     else:
         typer.echo(render_text(_report_from_dict(result)))
     return RunStatus(result.get("status", RunStatus.COMPLETED.value)).exit_code
+
+
+def _stopped() -> int:
+    """The message and exit code of a run stopped by SIGINT or SIGTERM."""
+    from flows.signals import exit_code_for, received_signal
+
+    signum = received_signal()
+    name = signal.Signals(signum).name if signum else "a signal"
+    typer.secho(f"stopped by {name}: the run is in the spend ledger as failed, at the spend it recorded; "
+                "documents already written stay written. Run the same command again to go on (documents "
+                "already stored unchanged are skipped).", fg=typer.colors.YELLOW, err=True)
+    return exit_code_for(signum)
 
 
 def _report_from_dict(d: dict) -> "object":
@@ -267,6 +288,12 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseException as exc:  # Prefect's TerminationSignal re-raised after a flow run
+        from flows.signals import stopped_by_signal
+
+        if isinstance(exc, SystemExit) or not stopped_by_signal(exc):
+            raise
+        sys.exit(_stopped())
 
 
 if __name__ == "__main__":

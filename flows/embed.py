@@ -28,8 +28,9 @@ from flows.budget_events import Emit, settle_budget
 from flows.endpoint import resolve_endpoint, settings_for_endpoint
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
+from flows.signals import stopped_by_signal
 from flows.telemetry_flow import RunTelemetry
-from store.ledger import SpendLedger
+from store.ledger import Reservation, SpendLedger
 from tiering.errors import InputNotFoundError
 from tiering.outcome import OutcomePolicy, RunStatus, run_outcome
 from tiering.report import RunReport, build_report
@@ -92,7 +93,8 @@ def run_embedding(
     run_id = run_id or new_run_id()
     settings = settings_for_endpoint(settings)  # the stand-in gets versions of its own
     per_run = budget_usd if budget_usd is not None else settings.budget.per_run_usd
-    ledger = ledger or SpendLedger(settings.budget.ledger_path)
+    ledger = ledger or SpendLedger(settings.budget.ledger_path,
+                                   stale_after_s=settings.budget.stale_run_after_s)
     started = time.monotonic()
     with resolve_endpoint(settings.api) as api:
         existing = {} if full_refresh else existing_hashes(settings)
@@ -104,11 +106,14 @@ def run_embedding(
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
         runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
         try:
-            outcome = runner(spec)
+            with ledger.heartbeat_while(run_id, settings.budget.heartbeat_s):
+                outcome = runner(spec)
         except BaseException as exc:
-            # A missing input fails while the graph is built, before any paid call.
-            ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}",
-                            nothing_sent=isinstance(exc, InputNotFoundError))
+            # A missing input fails while the graph is built, before any paid call. A run
+            # stopped by SIGINT/SIGTERM recorded each reply's spend: it is settled at that.
+            stopped = stopped_by_signal(exc)
+            why = ("stopped by a signal: " if stopped else "") + f"{type(exc).__name__}: {exc}"
+            ledger.fail_run(run_id, why, nothing_sent=isinstance(exc, InputNotFoundError), settle=stopped)
             telemetry.failed(exc)
             raise
     prices = api_prices(settings)
@@ -125,9 +130,9 @@ def run_embedding(
         duration_s=time.monotonic() - started,
         endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
     )
-    skipped = match_input(source, settings.input.format).skipped_note()
-    if skipped:
-        report = replace(report, notes=(*report.notes, skipped))
+    notes = [*_ledger_notes(grant, per_run, settings.budget.monthly_usd),
+             *filter(None, [match_input(source, settings.input.format).skipped_note()])]
+    report = replace(report, notes=(*report.notes, *notes))
     report, status = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
                                    month=grant.month, emit=emit)
     dl = settings.dead_letters
@@ -135,6 +140,19 @@ def run_embedding(
     report = replace(report, status=outcome.status.value, status_reasons=outcome.reasons)
     telemetry.finished(report, status)  # month-to-date gauges from the ledger; flush
     return report
+
+
+def _ledger_notes(grant: Reservation, per_run: Optional[float], monthly: Optional[float]) -> list[str]:
+    """Dead runs settled before this one, and - when the month's budget left this run less
+    than its per-run cap - the runs holding the rest, with what to do about them."""
+    notes = grant.notes()
+    short = (monthly is not None and grant.budget_usd is not None
+             and (per_run is None or grant.budget_usd < per_run))
+    if short and grant.held_by:
+        held = sum(h.held_usd for h in grant.held_by)
+        notes.append(f"this run got ${grant.budget_usd:,.6f} of the monthly budget because other runs hold "
+                     f"${held:,.6f} of it: " + "; ".join(h.message() for h in grant.held_by[:5]))
+    return notes
 
 
 class RunIncomplete(Exception):  # noqa: N818 - a state's payload more than an error

