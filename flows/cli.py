@@ -122,7 +122,7 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
     from flows.embed import RunIncomplete, embed_documents
     from flows.prefect_server import prefect_api
     from flows.reporting import render_text
-    from flows.signals import graceful_stop, stopped_by_signal
+    from flows.signals import graceful_stop, stop_signal_of
     from tiering.settings import load_settings
 
     try:
@@ -137,9 +137,10 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
         _fail(exc)
         return EXIT_USAGE
     except BaseException as exc:
-        if not stopped_by_signal(exc):
+        signum = stop_signal_of(exc)
+        if signum is None:
             raise
-        return _stopped()
+        return _stopped(signum)
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunIncomplete):
         result = result.report
@@ -154,12 +155,11 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
     return RunStatus(result.get("status", RunStatus.COMPLETED.value)).exit_code
 
 
-def _stopped() -> int:
+def _stopped(signum: int) -> int:
     """The message and exit code of a run stopped by SIGINT or SIGTERM."""
-    from flows.signals import exit_code_for, received_signal
+    from flows.signals import exit_code_for
 
-    signum = received_signal()
-    name = signal.Signals(signum).name if signum else "a signal"
+    name = signal.Signals(signum).name
     typer.secho(f"stopped by {name}: the run is in the spend ledger as failed, at the spend it recorded; "
                 "documents already written stay written. Run the same command again to go on (documents "
                 "already stored unchanged are skipped).", fg=typer.colors.YELLOW, err=True)
@@ -288,12 +288,13 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except BaseException as exc:  # Prefect's TerminationSignal re-raised after a flow run
-        from flows.signals import stopped_by_signal
+    except BaseException as exc:  # a stop signal that arrived outside `run`'s own handling
+        from flows.signals import stop_signal_of
 
-        if isinstance(exc, SystemExit) or not stopped_by_signal(exc):
+        signum = None if isinstance(exc, SystemExit) else stop_signal_of(exc)
+        if signum is None:
             raise
-        sys.exit(_stopped())
+        sys.exit(_stopped(signum))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ No ``from __future__ import annotations`` here: Prefect builds the parameter sch
 served flow from real annotations.
 """
 
+import signal
 import time
 import uuid
 from dataclasses import replace
@@ -28,7 +29,7 @@ from flows.budget_events import Emit, settle_budget
 from flows.endpoint import resolve_endpoint, settings_for_endpoint
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
-from flows.signals import stopped_by_signal
+from flows.signals import RunStopped, record_stop_signals, stop_signal_of
 from flows.telemetry_flow import RunTelemetry
 from store.ledger import Reservation, SpendLedger
 from tiering.errors import InputNotFoundError
@@ -63,11 +64,23 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+def _run_or_stop(spec: PipelineSpec) -> PipelineOutcome:
+    """Run the pipeline; a stop signal comes out as :class:`RunStopped`, whatever Beam or
+    Prefect turned it into on the way (see flows.signals)."""
+    try:
+        return run_pipeline(spec)
+    except BaseException as exc:
+        signum = stop_signal_of(exc)
+        if signum is None:
+            raise
+        raise RunStopped(f"stopped by {signal.Signals(signum).name}", signum) from None
+
+
 @task(name="run-beam-pipeline", cache_policy=NO_CACHE, retries=0)
 def _run_pipeline_task(spec: PipelineSpec) -> PipelineOutcome:
     # retries=0: the API tier has its own single retry layer; retrying the whole pipeline
     # would re-send paid requests.
-    return run_pipeline(spec)
+    return _run_or_stop(spec)
 
 
 def run_embedding(
@@ -104,17 +117,23 @@ def run_embedding(
         telemetry = RunTelemetry(settings, run_id)
         telemetry.begin(grant, api.provider, source)  # budget gauges, progress artifact
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
-        runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
+        runner = _run_pipeline_task if FlowRunContext.get() else _run_or_stop
         try:
-            with ledger.heartbeat_while(run_id, settings.budget.heartbeat_s):
+            with ledger.heartbeat_while(run_id, settings.budget.heartbeat_s), record_stop_signals():
                 outcome = runner(spec)
         except BaseException as exc:
             # A missing input fails while the graph is built, before any paid call. A run
             # stopped by SIGINT/SIGTERM recorded each reply's spend: it is settled at that.
-            stopped = stopped_by_signal(exc)
-            why = ("stopped by a signal: " if stopped else "") + f"{type(exc).__name__}: {exc}"
-            ledger.fail_run(run_id, why, nothing_sent=isinstance(exc, InputNotFoundError), settle=stopped)
+            signum = stop_signal_of(exc)
+            if signum is None:
+                why = f"{type(exc).__name__}: {exc}"
+            else:
+                why = f"stopped by a signal ({signal.Signals(signum).name}); settled at the spend it recorded"
+            ledger.fail_run(run_id, why, nothing_sent=isinstance(exc, InputNotFoundError),
+                            settle=signum is not None)
             telemetry.failed(exc)
+            if signum is not None:
+                raise RunStopped(f"stopped by {signal.Signals(signum).name}", signum) from None
             raise
     prices = api_prices(settings)
     report = build_report(
