@@ -249,12 +249,11 @@ def run_pipeline(spec: PipelineSpec) -> PipelineOutcome:
     """Build and run the pipeline to completion; return its counters."""
     options = pipeline_options(spec.settings)
     p = beam.Pipeline(options=options)
-    try:
-        build_pipeline(p, spec)
-    except BaseException:
-        # Beam makes the pipeline's temp folder at construction and removes it in run()
-        shutil.rmtree(p.local_tempdir, ignore_errors=True)
-        raise
+    # Beam makes a temp folder at construction and removes it at the end of run(); a killed
+    # run left it behind. Only cross-language (external) transforms use it and this pipeline
+    # has none (Beam 2.78: pipeline.py, transforms/external.py), so it goes at once.
+    shutil.rmtree(p.local_tempdir, ignore_errors=True)
+    build_pipeline(p, spec)
     result = p.run()
     result.wait_until_finish()
     return PipelineOutcome(

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from beam_pipeline.pipeline import ResolvedApi
 from flows.processes import child_environment, die_with_parent
@@ -62,7 +63,7 @@ class LocalApiServer:
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self._log_file: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -72,7 +73,7 @@ class LocalApiServer:
         self.port = _free_port()
         exe = _find_executable(self.command[0])
         argv = [exe, *self.command[1:], "--host", "127.0.0.1", "--port", str(self.port)]
-        self._log_file = tempfile.NamedTemporaryFile(prefix="tierembed-api-", suffix=".log")
+        self._log_file = tempfile.TemporaryFile(prefix="tierembed-api-")  # unlinked: nothing left on SIGKILL
         # Its own session (no terminal signals), no secrets in its environment, and killed by
         # the kernel if this process dies without stopping it (flows.processes).
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
@@ -102,8 +103,8 @@ class LocalApiServer:
     def _tail(self) -> str:
         if self._log_file is None:
             return ""
-        self._log_file.flush()
-        return Path(self._log_file.name).read_text(errors="replace")[-1000:]
+        self._log_file.seek(0)
+        return self._log_file.read().decode(errors="replace")[-1000:]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from flows.processes import child_environment, die_with_parent
 from tiering.errors import ConfigError
@@ -45,7 +46,7 @@ class TemporaryPrefectServer:
         self.startup_timeout_s = startup_timeout_s
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def api_url(self) -> str:
@@ -64,7 +65,7 @@ class TemporaryPrefectServer:
             "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
         })
         env.pop("PREFECT_API_URL", None)
-        self._log = tempfile.NamedTemporaryFile(prefix="tierembed-prefect-", suffix=".log")
+        self._log = tempfile.TemporaryFile(prefix="tierembed-prefect-")  # unlinked: nothing left on SIGKILL
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         self._wait_healthy()
@@ -92,8 +93,8 @@ class TemporaryPrefectServer:
     def _tail(self) -> str:
         if self._log is None:
             return ""
-        self._log.flush()
-        return Path(self._log.name).read_text(errors="replace")[-1000:]
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-1000:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -22,7 +22,8 @@ def report(*, read: int = 10, invalid: int = 0, routed: int | None = None, writt
         dead_letters_by_stage=tuple(sorted(stages.items())),
         lines=(TierLine("local", "v", "m", routed, written, 0, 0, 0, 0, 0.0, 0.0),),
         written=written, documents_routed=valid, skipped_unchanged=0, over_budget=0,
-        api_requests=(), api_retries=0, dead_letter_path=".tierembed/dead_letters/r/dead-letters*.jsonl", **kw,
+        api_requests=(), api_retries=0, dead_letter_path=".tierembed/dead_letters/r/dead-letters*.jsonl",
+        **kw,
     )
 
 
