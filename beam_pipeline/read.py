@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from tiering.errors import InputNotFoundError
 from tiering.validation import MAX_NESTING, RawRecord, nesting_depth
 
-__all__ = ["ReadDocuments", "MatchedInput", "match_input", "match_sources", "detect_format",
+__all__ = ["ReadDocuments", "MatchedInput", "match_input", "match_sources", "detect_format", "read_file",
            "DEFAULT_MAX_RECORD_BYTES", "REPLAY_SUFFIX"]
 
 _log = logging.getLogger(__name__)
@@ -411,19 +411,30 @@ class _ReadFileFn(beam.DoFn):  # type: ignore[misc]
         self._limit = max_record_bytes
 
     def process(self, path: str) -> Iterator[RawRecord]:
-        fmt = detect_format(path, self._format)
-        count = 0
-        try:
-            with FileSystems.open(path) as handle:
-                for record in _READERS[fmt](path, handle, self._limit):
-                    count += 1
-                    yield record
-        except Exception as exc:  # noqa: BLE001 - a file-level failure is one dead letter, not a crash
-            yield _unreadable(path, fmt, count, exc)
-            count += 1
-        if count == 0:
-            _log.warning("input file %s holds no records", path)
+        yield from read_file(path, self._format, self._limit)
         beam.metrics.Metrics.counter("tierembed", "files_read").inc()
+
+
+def read_file(path: str, configured_format: str = "auto",
+              max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
+    """Every record of one file, as :class:`ReadDocuments` reads it (usable outside Beam).
+
+    Guarantees: JSONL gives one record per non-blank line, whatever the line holds; CSV one
+    per record, a broken quote contained as ``_csv_records`` says; Parquet one per row. A
+    file that cannot be read on gives one record for the rest of it. Never raises for what
+    the file holds."""
+    fmt = detect_format(path, configured_format)
+    count = 0
+    try:
+        with FileSystems.open(path) as handle:
+            for record in _READERS[fmt](path, handle, max_record_bytes):
+                count += 1
+                yield record
+    except Exception as exc:  # noqa: BLE001 - a file-level failure is one dead letter, not a crash
+        yield _unreadable(path, fmt, count, exc)
+        count += 1
+    if count == 0:
+        _log.warning("input file %s holds no records", path)
 
 
 def _unreadable(path: str, fmt: str, count: int, exc: Exception) -> RawRecord:
