@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -44,9 +45,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # that the check at the end sees only what this session left behind. Subprocesses
     # (the CLI under test, servers) inherit it through TMPDIR.
     base = Path(tempfile.mkdtemp(prefix="tierembed-tests-"))
-    _session_tmp.update(base=base, previous=os.environ.get("TMPDIR"))
+    _session_tmp.update(base=base, previous=os.environ.get("TMPDIR"), remove=False)
     os.environ["TMPDIR"] = str(base)
     tempfile.tempdir = None  # recomputed from TMPDIR
+    # Removed at exit, after the atexit hooks registered later (Prefect's test harness cleans
+    # its own folder in there from one).
+    atexit.register(_remove_session_tmp)
+
+
+def _remove_session_tmp() -> None:
+    if _session_tmp.get("remove"):
+        shutil.rmtree(_session_tmp["base"], ignore_errors=True)
 
 
 def _leftovers(base: Path) -> list[str]:
@@ -63,8 +72,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nFAILED: the test session left Beam temporary folders in {base}: {left}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return
-    if exitstatus == 0:  # otherwise keep the tests' files for a look
-        shutil.rmtree(base, ignore_errors=True)
+    _session_tmp["remove"] = exitstatus == 0  # otherwise keep the tests' files for a look
 
 from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
 from tiering.settings import TierembedSettings, load_settings  # noqa: E402
