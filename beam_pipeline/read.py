@@ -90,8 +90,6 @@ def match_input(source: str, configured_format: str = "auto") -> MatchedInput:
     if configured_format == "auto":
         skipped = [p for p in paths if not _known(p)]
         paths = [p for p in paths if _known(p)]
-    if paths and skipped:
-        _log.warning("%d input file(s) skipped, not .jsonl, .parquet or .csv: %s", len(skipped), skipped[:10])
     if not paths:
         what = "directory" if pattern != source else "path or glob"
         raise InputNotFoundError(

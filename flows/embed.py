@@ -9,6 +9,7 @@ No ``from __future__ import annotations`` here: Prefect builds the parameter sch
 served flow from real annotations.
 """
 
+import logging
 import signal
 import time
 import uuid
@@ -41,6 +42,7 @@ __all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes", 
            "flow_state"]
 
 _ = prefect  # imported for its side effect on logging order
+_log = logging.getLogger(__name__)
 
 
 def existing_hashes(settings: TierembedSettings) -> dict[str, dict[str, str]]:
@@ -149,8 +151,10 @@ def run_embedding(
         duration_s=time.monotonic() - started,
         endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
     )
-    notes = [*_ledger_notes(grant, per_run, settings.budget.monthly_usd),
-             *filter(None, [match_input(source, settings.input.format).skipped_note()])]
+    skipped = match_input(source, settings.input.format).skipped_note()
+    if skipped:
+        _log.warning("%s", skipped)
+    notes = [*_ledger_notes(grant, per_run, settings.budget.monthly_usd), *filter(None, [skipped])]
     report = replace(report, notes=(*report.notes, *notes))
     report, status = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
                                    month=grant.month, emit=emit)
