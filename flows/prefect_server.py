@@ -66,8 +66,12 @@ class TemporaryPrefectServer:
         })
         env.pop("PREFECT_API_URL", None)
         self._log = tempfile.TemporaryFile(prefix="tierembed-prefect-")  # unlinked: nothing left on SIGKILL
+        # Its own session: a Ctrl-C (or `timeout`) signals the terminal's whole process group,
+        # and the server must outlive the run's own shutdown, which still reports to it. It is
+        # stopped in prefect_api(), or killed by the kernel when this process dies.
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent())
         self._wait_healthy()
         _log.info("temporary Prefect server (pid %d) at %s", self.proc.pid, self.api_url)
         return self.api_url
