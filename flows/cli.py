@@ -9,7 +9,6 @@ explains its options.
 # Prefect before Beam (see flows.embed).
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Optional
 import prefect  # noqa: F401
 import typer
 
+from flows.cli_values import finite_usd
 from tiering.errors import TierembedError
 from tiering.outcome import EXIT_USAGE, RunStatus
 
@@ -76,20 +76,13 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=EXIT_USAGE)
 
 
-def _usd_option(value: Optional[float]) -> Optional[float]:
-    """An amount of US dollars given on the command line: finite and not negative."""
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise typer.BadParameter(f"must be a finite amount of US dollars, 0 or more; got {value}")
-    return value
-
-
 @app.command()
 def run(
     source: Annotated[str, typer.Argument(help="File, directory, glob (quote it) or Beam URL "
                                           "(gs://, s3://) of .jsonl / .parquet / .csv documents.")],
     config: ConfigOpt = None,
     budget: Annotated[Optional[float], typer.Option(
-        "--budget", callback=_usd_option,
+        "--budget", callback=finite_usd,
         help="Cap on API spend in USD for this run (overrides budget.per_run_usd).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Check settings and input, embed nothing.")] = False,
     full_refresh: Annotated[bool, typer.Option(help="Re-embed unchanged documents too.")] = False,

@@ -9,7 +9,6 @@ or on another host their heartbeat is stale) at the spend they recorded, and say
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.cli_values import finite_usd
 from store.ledger import HealedRun, MonthSpend, RunRecord, SpendLedger
 from tiering.budget import budget_level
 from tiering.errors import TierembedError
@@ -156,17 +156,11 @@ def status(
     typer.echo(render_status(ledger, settings.budget, shown, latest, healed))
 
 
-def _finite_usd(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise typer.BadParameter(f"must be a finite amount of US dollars, 0 or more; got {value}")
-    return value
-
-
 @budget_app.command("reconcile")
 def reconcile(
     run_id: Annotated[str, typer.Argument(help="The run id (see `tierembed budget status`).")],
     billed_usd: Annotated[float, typer.Option(
-        "--billed-usd", callback=_finite_usd,
+        "--billed-usd", callback=finite_usd,
         help="What the provider billed for that run (0 releases it).")],
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="YAML settings file; budget.ledger_path names the ledger.",

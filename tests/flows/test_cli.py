@@ -69,6 +69,14 @@ def test_reconcile_refuses_a_bill_that_is_not_a_finite_amount(tmp_path: Path, va
 
 
 def test_zero_budget_is_a_valid_budget() -> None:
-    from flows.cli import _usd_option
+    from flows.cli_values import finite_usd
 
-    assert _usd_option(0.0) == 0.0 and _usd_option(None) is None and _usd_option(2.5) == 2.5
+    assert finite_usd(0.0) == 0.0 and finite_usd(None) is None and finite_usd(2.5) == 2.5
+
+
+@pytest.mark.parametrize(("option", "value"), [("--max-cost", "nan"), ("--max-cost", "-1"),
+                                               ("--min-gain", "inf")])
+def test_router_train_refuses_numbers_that_are_not_finite(tmp_path: Path, option: str, value: str) -> None:
+    (tmp_path / "labels.jsonl").write_text('{"id": "a", "text": "b", "label": "x"}\n')
+    result = runner.invoke(app, ["router", "train", str(tmp_path / "labels.jsonl"), option, value])
+    assert result.exit_code == 2 and "finite" in result.output, result.output
