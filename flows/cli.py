@@ -20,7 +20,7 @@ import prefect  # noqa: F401
 import typer
 
 from flows.cli_values import finite_usd
-from tiering.errors import TierembedError
+from tiering.errors import ConfigError, InputNotFoundError, TierembedError
 from tiering.outcome import EXIT_USAGE, RunStatus
 
 __all__ = ["app", "main"]
@@ -137,8 +137,11 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
     result = state.result(raise_on_failure=False)
     if isinstance(result, RunIncomplete):
         result = result.report
-    elif isinstance(result, TierembedError):
+    elif isinstance(result, ConfigError | InputNotFoundError):  # found wrong once the run started
         _fail(result)
+    elif isinstance(result, TierembedError):  # the run failed: a clear line, exit code 1
+        typer.secho(f"error: the run failed: {result}", fg=typer.colors.RED, err=True)
+        return RunStatus.FAILED.exit_code
     elif isinstance(result, BaseException):
         raise result
     if as_json or dry_run:
