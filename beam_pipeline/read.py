@@ -163,6 +163,10 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every line: json.loads with any keyword builds a new decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _jsonl_records(path: str, handle: BinaryIO, limit: int) -> Iterator[RawRecord]:
     """One RawRecord per non-blank line; a line that cannot be decoded or parsed is a
     record with its parse error (and its bytes, base64 in the dead letter, when it is not
@@ -186,7 +190,7 @@ def _jsonl_records(path: str, handle: BinaryIO, limit: int) -> Iterator[RawRecor
 
 def _json_record(path: str, line_no: int, line: str) -> RawRecord:
     try:
-        value = json.loads(line, parse_constant=_reject_constant)
+        value = _DECODER.decode(line)
     except json.JSONDecodeError as exc:
         return RawRecord(path, line_no, line, parse_error=f"not valid JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
@@ -197,7 +201,8 @@ def _json_record(path: str, line_no: int, line: str) -> RawRecord:
     if not isinstance(value, dict):
         return RawRecord(path, line_no, line,
                          parse_error=f"expected a JSON object, got a JSON {type(value).__name__}")
-    if nesting_depth(value) > MAX_NESTING:
+    # the depth cannot pass the number of opening brackets: count them first (in C)
+    if line.count("[") + line.count("{") > MAX_NESTING and nesting_depth(value) > MAX_NESTING:
         return RawRecord(path, line_no, line, parse_error=f"not readable JSON: nested deeper than "
                          f"{MAX_NESTING} levels")
     return RawRecord(path, line_no, line, fields=tuple(value.items()))
@@ -358,18 +363,18 @@ def _csv_broken(path: str, line_no: int, text: str, reason: str) -> RawRecord:
 
 def _csv_record(path: str, lines: list[tuple[int, str]], header: list[str], values: list[str]) -> RawRecord:
     line_no = lines[0][0]
-    source_text = "".join(line for _, line in lines)
     if len(values) > len(header):
-        return _csv_broken(path, line_no, source_text,
+        return _csv_broken(path, line_no, "".join(line for _, line in lines),
                            f"row has {len(values) - len(header)} more values than the header has columns")
-    # a short row reads like csv.DictReader's: the missing columns are null
-    fields = dict(zip(header, [*values, *[None] * (len(header) - len(values))], strict=True))
+    if len(values) < len(header):  # a short row reads like csv.DictReader's: the rest is null
+        values = [*values, *[None] * (len(header) - len(values))]  # type: ignore[list-item]
+    fields = dict(zip(header, values, strict=True))
     payload = json.dumps(fields, ensure_ascii=False)
     try:
         payload.encode("utf-8")
     except UnicodeEncodeError as exc:
         byte = ord(payload[exc.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
-        raw = source_text.encode("utf-8", "surrogateescape")
+        raw = "".join(line for _, line in lines).encode("utf-8", "surrogateescape")
         return RawRecord(path, line_no, "", raw=raw,
                          parse_error=f"not valid UTF-8: byte 0x{byte:02x} in this row")
     return RawRecord(path, line_no, payload, fields=tuple(fields.items()))
