@@ -159,8 +159,8 @@ def run_embedding(
     report, status = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
                                    month=grant.month, emit=emit)
     dl = settings.dead_letters
-    outcome = run_outcome(report, OutcomePolicy(dl.max_failed_fraction, dl.max_invalid_fraction))
-    report = replace(report, status=outcome.status.value, status_reasons=outcome.reasons)
+    ending = run_outcome(report, OutcomePolicy(dl.max_failed_fraction, dl.max_invalid_fraction))
+    report = replace(report, status=ending.status.value, status_reasons=ending.reasons)
     telemetry.finished(report, status)  # month-to-date gauges from the ledger; flush
     return report
 
