@@ -122,7 +122,12 @@ def graceful_stop() -> Iterator[None]:
 @contextmanager
 def record_stop_signals() -> Iterator[None]:
     """Record SIGINT/SIGTERM before whatever handler is installed (Prefect's, inside a flow
-    run) handles it. Outside the main thread, where handlers cannot be set, does nothing."""
+    run) handles it. Outside the main thread, where handlers cannot be set, does nothing.
+
+    Each use starts a run afresh: a signal recorded during an earlier run of a long-lived
+    process (a Prefect worker, a test session) is forgotten, so it cannot make a later
+    failure look like a stop."""
+    _received.clear()
     wrapped: dict[int, Any] = {}
     try:
         for s in _HANDLED:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.processes import child_environment
-from flows.signals import RunStopped, exit_code_for, stop_signal_of
+from flows.signals import RunStopped, exit_code_for, record_stop_signals, stop_signal_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +41,25 @@ def test_the_signal_is_found_through_the_exception_chain() -> None:
         except RuntimeError as outer:
             return outer
 
-    assert stop_signal_of(wrapped(TerminationSignal(signal.SIGTERM))) == signal.SIGTERM
-    assert stop_signal_of(wrapped(RunStopped("stopped", signal.SIGINT))) == signal.SIGINT
-    assert stop_signal_of(ValueError("an ordinary failure")) is None
+    with record_stop_signals():  # a run of its own: no signal recorded yet
+        assert stop_signal_of(wrapped(TerminationSignal(signal.SIGTERM))) == signal.SIGTERM
+        assert stop_signal_of(wrapped(RunStopped("stopped", signal.SIGINT))) == signal.SIGINT
+        assert stop_signal_of(ValueError("an ordinary failure")) is None
     assert (exit_code_for(signal.SIGINT), exit_code_for(signal.SIGTERM)) == (130, 143)
+
+
+def test_a_signal_recorded_in_an_earlier_run_does_not_make_a_later_failure_a_stop() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: None)  # stands in for the handler a flow run has
+    try:
+        with record_stop_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler runs in the main thread between bytecodes
+            assert stop_signal_of(ValueError("while stopping")) == signal.SIGTERM
+        with record_stop_signals():  # the next run of the same process
+            assert stop_signal_of(ValueError("an ordinary failure")) is None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_helper_servers_get_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
