@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
@@ -210,7 +211,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     per_token = {v: float(pr.per_token) for v, pr in prices.items()}
     telemetry = telemetry_context(s, spec.run_id, spec.api.provider)
 
-    raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format)
+    raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format, s.input.max_record_bytes)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
     scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
     if uses_rank_normalization(s.routing.score_normalization, s.routing.classifier_path):
@@ -284,6 +285,10 @@ def run_pipeline(spec: PipelineSpec) -> PipelineOutcome:
     """Build and run the pipeline to completion; return its counters."""
     options = pipeline_options(spec.settings)
     p = beam.Pipeline(options=options)
+    # Beam makes a temp folder at construction and removes it at the end of run(); a killed
+    # run left it behind. Only cross-language (external) transforms use it and this pipeline
+    # has none (Beam 2.78: pipeline.py, transforms/external.py), so it goes at once.
+    shutil.rmtree(p.local_tempdir, ignore_errors=True)
     build_pipeline(p, spec)
     result = p.run()
     result.wait_until_finish()

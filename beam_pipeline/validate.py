@@ -7,6 +7,7 @@ order is kept, the others are dead-lettered with the location of the one kept).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
@@ -19,6 +20,7 @@ from tiering.validation import RawRecord, ValidationRules, resolve_duplicates, v
 __all__ = ["ValidateDocuments", "DEAD_LETTERS"]
 
 DEAD_LETTERS = "dead_letters"
+_log = logging.getLogger(__name__)
 
 
 @beam.typehints.with_input_types(RawRecord)
@@ -28,12 +30,26 @@ class _ValidateFn(beam.DoFn):  # type: ignore[misc]
         self._rules = rules
 
     def process(self, raw: RawRecord) -> Iterator[object]:
-        result = validate_record(raw, self._rules)
+        try:
+            result: Document | DeadLetter = validate_record(raw, self._rules)
+        except Exception as exc:  # noqa: BLE001 - a record is data: it never stops the run
+            result = _crashed(raw, exc)
         if isinstance(result, DeadLetter):
             beam.metrics.Metrics.counter("tierembed", "dead_letters.validate").inc()
             yield pvalue.TaggedOutput(DEAD_LETTERS, result)
         else:
             yield (result.id, result)
+
+
+def _crashed(raw: RawRecord, exc: Exception) -> DeadLetter:
+    """A record that made validation itself fail: a bug of ours, kept as a dead letter."""
+    _log.error("validation failed on %s: %s: %s", raw.location, type(exc).__name__, exc)
+    return DeadLetter(
+        stage="validate", error_type="ValidationFailed", retryable=False, source=raw.location,
+        message=f"{raw.location}: validating this record failed unexpectedly ({type(exc).__name__}: "
+        f"{exc}); this is a bug in tierembed: please report it with the record",
+        payload=raw.payload if raw.raw is None else "",
+    )
 
 
 @beam.typehints.with_input_types(tuple[str, Iterable[Document]])

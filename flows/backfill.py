@@ -24,8 +24,8 @@ from typing import Any, Optional
 import prefect
 from prefect import flow
 
-from flows.embed import new_run_id, run_embedding
-from flows.endpoint import STANDIN_SUFFIX, settings_for_endpoint
+from flows.embed import flow_state, new_run_id, run_embedding
+from flows.endpoint import STANDIN_SUFFIX, raise_if_api_never_worked, settings_for_endpoint
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
 from store.ledger import SpendLedger
@@ -49,7 +49,8 @@ def run_backfill(settings: TierembedSettings, version: str, source: str,
     """One backfill run (used by the flow, the CLI and tests); see the module docstring."""
     version = _as_run_version(settings, version)
     prefix = campaign_prefix(version)
-    ledger = SpendLedger(settings.budget.ledger_path)
+    ledger = SpendLedger(settings.budget.ledger_path, stale_after_s=settings.budget.stale_run_after_s)
+    ledger.heal()  # a killed earlier run counts at what it recorded, not at its whole reservation
     spent = ledger.spend_of_runs(prefix)
     left = None if budget_usd is None else max(0.0, budget_usd - spent)
     if budget_usd is not None:
@@ -84,8 +85,11 @@ def backfill_version(
     budget_usd: Optional[float] = None,
     config_path: Optional[str] = None,
     settings_overrides: Optional[dict[str, Any]] = None,
-) -> dict[str, Any]:
+) -> Any:
     """Embed every document of SOURCE with VERSION, skipping what it already holds.
+
+    Ends like ``embed-documents``: Failed when the API never worked or too many documents
+    were dead-lettered (``flows.embed.flow_state``), Completed otherwise.
 
     Args:
         version: A model version declared in local.models or api.models (any state).
@@ -98,4 +102,5 @@ def backfill_version(
     settings = resolve_api_key(load_settings(config_path, overrides=settings_overrides))
     report = run_backfill(settings, version, source, budget_usd)
     publish_report(report)
-    return report.to_dict()
+    raise_if_api_never_worked(report)
+    return flow_state(report)

@@ -11,15 +11,18 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import prefect  # noqa: F401
 import typer
 
-from tiering.errors import TierembedError
+from flows.cli_values import finite_usd
+from tiering.errors import ConfigError, InputNotFoundError, TierembedError
+from tiering.outcome import EXIT_USAGE, RunStatus
 
 __all__ = ["app", "main"]
 
@@ -71,7 +74,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def _fail(exc: BaseException) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=EXIT_USAGE)
 
 
 @app.command()
@@ -80,7 +83,8 @@ def run(
                                           "(gs://, s3://) of .jsonl / .parquet / .csv documents.")],
     config: ConfigOpt = None,
     budget: Annotated[Optional[float], typer.Option(
-        "--budget", help="Cap on API spend in USD for this run (overrides budget.per_run_usd).")] = None,
+        "--budget", callback=finite_usd,
+        help="Cap on API spend in USD for this run (overrides budget.per_run_usd).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Check settings and input, embed nothing.")] = False,
     full_refresh: Annotated[bool, typer.Option(help="Re-embed unchanged documents too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -92,34 +96,78 @@ def run(
     Prints a report per tier and model version: documents, chunked documents, tokens,
     billed cost, dead letters. Bad records never stop the run: they go to the dead-letter
     set named in the report (replay it with `tierembed replay`).
+
+    Exit status: 0 completed (bad input records, if any, are reported as warnings);
+    3 partial (documents dead-lettered by the embedding or store stages beyond
+    dead_letters.max_failed_fraction); 1 failed; 2 bad settings, options or input;
+    130 / 143 stopped by SIGINT / SIGTERM.
     """
     _setup_logging(verbose)
+    code = _run_flow(source, config, budget=budget, dry_run=dry_run, full_refresh=full_refresh,
+                     as_json=as_json, live_progress=verbose)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], dry_run: bool,
+              full_refresh: bool, as_json: bool, overrides: Optional[dict[str, Any]] = None,
+              live_progress: bool = False) -> int:
+    """Run the flow, print its report, return the exit code (tiering.outcome)."""
     from beam_pipeline.progress import run_progress_dir
-    from beam_pipeline.read import match_sources
-    from flows.embed import embed_documents, new_run_id
+    from beam_pipeline.read import match_input
+    from flows.embed import RunIncomplete, embed_documents, new_run_id
+    from flows.prefect_server import prefect_api
     from flows.progress_line import ProgressLine
     from flows.reporting import render_text
+    from flows.signals import graceful_stop, stop_signal_of
     from tiering.settings import load_settings
 
     try:
         # Fail fast, before Prefect starts: bad settings, missing input.
-        settings = load_settings(config)
-        match_sources(source, settings.input.format)
+        settings = load_settings(config, overrides=overrides)
+        match_input(source, settings.input.format)
         run_id = new_run_id()
         live = ProgressLine(run_progress_dir(settings.telemetry.progress_dir, run_id))
-        with live if verbose and not dry_run else contextlib.nullcontext():
-            result = embed_documents(source=source, config_path=str(config) if config else None,
-                                     budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
-                                     run_id=run_id)
+        # SIGINT/SIGTERM stop the run cleanly; the servers it starts die with it even on SIGKILL.
+        with graceful_stop(), prefect_api():
+            with live if live_progress and not dry_run else contextlib.nullcontext():
+                state = embed_documents(source=source, config_path=str(config) if config else None,
+                                        budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,
+                                        settings_overrides=overrides, run_id=run_id, return_state=True)
     except TierembedError as exc:
         _fail(exc)
-        return
+        return EXIT_USAGE
+    except BaseException as exc:
+        signum = stop_signal_of(exc)
+        if signum is None:
+            raise
+        return _stopped(signum)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, RunIncomplete):
+        result = result.report
+    elif isinstance(result, ConfigError | InputNotFoundError):  # found wrong once the run started
+        _fail(result)
+    elif isinstance(result, TierembedError):  # the run failed: a clear line, exit code 1
+        typer.secho(f"error: the run failed: {result}", fg=typer.colors.RED, err=True)
+        return RunStatus.FAILED.exit_code
+    elif isinstance(result, BaseException):
+        raise result
     if as_json or dry_run:
         typer.echo(json.dumps(result, indent=2, default=str))
-        return
-    typer.echo(render_text(_report_from_dict(result)))
-    if not result.get("accounting_ok", False):
-        raise typer.Exit(code=1)
+    else:
+        typer.echo(render_text(_report_from_dict(result)))
+    return RunStatus(result.get("status", RunStatus.COMPLETED.value)).exit_code
+
+
+def _stopped(signum: int) -> int:
+    """The message and exit code of a run stopped by SIGINT or SIGTERM."""
+    from flows.signals import exit_code_for
+
+    name = signal.Signals(signum).name
+    typer.secho(f"stopped by {name}: the run is in the spend ledger as failed, at the spend it recorded; "
+                "documents already written stay written. Run the same command again to go on (documents "
+                "already stored unchanged are skipped).", fg=typer.colors.YELLOW, err=True)
+    return exit_code_for(signum)
 
 
 def _report_from_dict(d: dict) -> "object":
@@ -147,6 +195,7 @@ def _report_from_dict(d: dict) -> "object":
         duration_s=d["duration_s"], endpoint=d["endpoint"], notes=tuple(d.get("notes", ())),
         api_breaker=tuple(sorted(d.get("api_breaker", {}).items())),
         api_cached=d.get("api_cached", 0), api_size_splits=d.get("api_size_splits", 0),
+        status=d.get("status", "completed"), status_reasons=tuple(d.get("status_reasons", ())),
     )
 
 
@@ -269,13 +318,14 @@ def replay(
     what failed is embedded (and paid for) again.
     """
     _setup_logging(True)
-    from flows.replay import dead_letter_files, select_for_replay
+    from beam_pipeline.read import REPLAY_SUFFIX
+    from flows.replay import dead_letter_files, replay_set_lines, select_for_replay
     from tiering.settings import load_settings
 
     try:
         fields = load_settings(config).input
         lines = [line for f in dead_letter_files(dead_letters)
-                 for line in f.read_text(encoding="utf-8").splitlines()]
+                 for line in f.read_text(encoding="utf-8", errors="replace").splitlines()]
     except TierembedError as exc:
         _fail(exc)
         return
@@ -285,11 +335,14 @@ def replay(
                f"; {chosen.skipped_unreadable} without a replayable payload)")
     if not chosen.records:
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "replay.jsonl"
-        path.write_text("\n".join(chosen.records) + "\n", encoding="utf-8")
-        run(str(path), config=config, budget=None, dry_run=False, full_refresh=False,
-            as_json=False, verbose=True)
+    with tempfile.TemporaryDirectory(prefix="tierembed-replay-") as tmp:
+        # A replay set: every record keeps its original source location (see flows.replay).
+        path = Path(tmp) / f"replay{REPLAY_SUFFIX}"
+        path.write_text("\n".join(replay_set_lines(chosen)) + "\n", encoding="utf-8")
+        code = _run_flow(str(path), config, budget=None, dry_run=False, full_refresh=False, as_json=False,
+                         overrides={"input": {"format": "auto"}})  # the replay set is read as one
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command("config")
@@ -319,6 +372,13 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseException as exc:  # a stop signal that arrived outside `run`'s own handling
+        from flows.signals import stop_signal_of
+
+        signum = None if isinstance(exc, SystemExit) else stop_signal_of(exc)
+        if signum is None:
+            raise
+        sys.exit(_stopped(signum))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``tierembed budget status`` shows the month's spend per tier and model version, the limits
 and what is left, reservations of running runs, failed runs still charged at their
-reservation, and the latest runs.
+reservation, and the latest runs. It first settles runs that died (their process is gone,
+or on another host their heartbeat is stale) at the spend they recorded, and says so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from store.ledger import MonthSpend, RunRecord, SpendLedger
+from flows.cli_values import finite_usd
+from store.ledger import HealedRun, MonthSpend, RunRecord, SpendLedger
 from tiering.budget import budget_level
 from tiering.errors import TierembedError
 from tiering.settings import BudgetSettings
@@ -74,23 +76,39 @@ def _run_lines(runs: list[RunRecord]) -> list[str]:
         return []
     rows = ["  latest runs:", f"  {'run':<26} {'status':<10} {'budget':>14} {'estimated':>14} {'billed':>14}"]
     for r in runs:
-        billed = _usd(r.cost_usd) if r.status == "succeeded" else f"<= {_usd(r.reserved_usd)}"
+        # a running run, or a failed one still charged at its reservation: an upper bound
+        held = r.status == "running" or (r.status == "failed" and r.reserved_usd > 0)
+        billed = f"<= {_usd(max(r.reserved_usd, r.cost_usd))}" if held else _usd(r.cost_usd)
         rows.append(f"  {r.run_id[:26]:<26} {r.status:<10} {_usd(r.budget_usd):>14} "
-                    f"{_usd(r.est_cost_usd):>14} {billed:>14}")
+                    f"{_usd(r.est_cost_usd):>14} {billed:>14}" + _beat(r))
     return rows
 
 
-def render_status(ledger: SpendLedger, budget: BudgetSettings, month: str, runs: list[RunRecord]) -> str:
+def _beat(r: RunRecord) -> str:
+    if r.status != "running" or not r.heartbeat_at:
+        return ""
+    return f"  (pid {r.pid}, last heartbeat {r.heartbeat_at[:19]}Z)"
+
+
+def _healed_lines(healed: list[HealedRun]) -> list[str]:
+    return [f"  settled now: {h.message()}" for h in healed]
+
+
+def render_status(ledger: SpendLedger, budget: BudgetSettings, month: str, runs: list[RunRecord],
+                  healed: list[HealedRun] | None = None) -> str:
     spend = ledger.month_spend(month)
     head = f"spend ledger {ledger.path} - month {month} (UTC)"
-    return "\n".join([head, *_month_lines(spend, budget), *_model_lines(spend), *_run_lines(runs)])
+    return "\n".join([head, *_healed_lines(healed or []), *_month_lines(spend, budget), *_model_lines(spend),
+                      *_run_lines(runs)])
 
 
 def _status_dict(
-    ledger: SpendLedger, budget: BudgetSettings, month: str, runs: list[RunRecord]
+    ledger: SpendLedger, budget: BudgetSettings, month: str, runs: list[RunRecord],
+    healed: list[HealedRun],
 ) -> dict[str, object]:
     spend = ledger.month_spend(month)
     return {
+        "settled_now": [asdict(h) | {"message": h.message()} for h in healed],
         "ledger": str(ledger.path),
         "month": month,
         "billed_usd": spend.billed_usd,
@@ -125,23 +143,25 @@ def status(
         raise typer.Exit(code=2)
     try:
         settings = load_settings(config)
-        ledger = SpendLedger(settings.budget.ledger_path)
+        ledger = SpendLedger(settings.budget.ledger_path, stale_after_s=settings.budget.stale_run_after_s)
+        healed = ledger.heal()  # runs that died: settled at the spend they recorded
         shown = month or ledger.current_month()
         latest = ledger.runs(month=shown, limit=runs) if runs else []
     except TierembedError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     if as_json:
-        typer.echo(json.dumps(_status_dict(ledger, settings.budget, shown, latest), indent=2))
+        typer.echo(json.dumps(_status_dict(ledger, settings.budget, shown, latest, healed), indent=2))
         return
-    typer.echo(render_status(ledger, settings.budget, shown, latest))
+    typer.echo(render_status(ledger, settings.budget, shown, latest, healed))
 
 
 @budget_app.command("reconcile")
 def reconcile(
     run_id: Annotated[str, typer.Argument(help="The run id (see `tierembed budget status`).")],
     billed_usd: Annotated[float, typer.Option(
-        "--billed-usd", min=0.0, help="What the provider billed for that run (0 releases it).")],
+        "--billed-usd", callback=finite_usd,
+        help="What the provider billed for that run (0 releases it).")],
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="YAML settings file; budget.ledger_path names the ledger.",
         envvar="TIEREMBED_CONFIG")] = None,

@@ -243,15 +243,26 @@ def backfill(
     """Embed every document of SOURCE with VERSION only, skipping what it already holds;
     run it again to resume. The same flow runs as the `backfill-version/adhoc` deployment."""
     from flows.backfill import run_backfill
-    from flows.cli import _setup_logging
+    from flows.cli import _setup_logging, _stopped
+    from flows.endpoint import raise_if_api_never_worked
     from flows.reporting import render_text
+    from flows.signals import graceful_stop, stop_signal_of
+    from tiering.outcome import RunStatus
 
     _setup_logging(True)
     try:
-        report = run_backfill(load_settings(config), version, source, budget)
+        with graceful_stop():  # SIGINT/SIGTERM: settled at what was recorded; rerun to resume
+            report = run_backfill(load_settings(config), version, source, budget)
+        typer.echo(render_text(report))
+        raise_if_api_never_worked(report)
     except TierembedError as exc:
         _fail(exc)
         return
-    typer.echo(render_text(report))
-    if not report.accounting_ok():
-        raise typer.Exit(code=1)
+    except BaseException as exc:
+        signum = stop_signal_of(exc)
+        if signum is None:
+            raise
+        raise typer.Exit(code=_stopped(signum)) from None
+    code = RunStatus(report.status).exit_code
+    if code:
+        raise typer.Exit(code=code)

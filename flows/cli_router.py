@@ -34,6 +34,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.cli_values import finite, finite_usd
 from flows.router_data import find_document, read_documents, read_labelled, read_queries, write_gain_labels
 from flows.router_tiers import TrainingVectors, derive_with_real_tiers, holdout_report
 from tiering.classifier import LabeledExample, TrainingDataError, ValueClassifier, load_default, train
@@ -124,10 +125,12 @@ def train_command(
     version: Annotated[Optional[str], typer.Option(help="Version name of the new model.")] = None,
     sample: Annotated[int, typer.Option(min=2, help="--from-queries: documents embedded per tier "
                                         "(judged ones first).")] = 1000,
-    max_cost: Annotated[float, typer.Option(min=0.0, help="--from-queries: refuse to send more than this "
-                                            "estimated API spend (USD).")] = 1.0,
-    min_gain: Annotated[float, typer.Option(help="--from-queries: discounted-rank gain a query must see "
-                                            "to count as a premium win.")] = 0.0,
+    max_cost: Annotated[float, typer.Option(
+        callback=finite_usd,
+        help="--from-queries: refuse to send more than this estimated API spend (USD).")] = 1.0,
+    min_gain: Annotated[float, typer.Option(
+        callback=finite, help="--from-queries: discounted-rank gain a query must see to count as a premium "
+        "win.")] = 0.0,
     labels_out: Annotated[Optional[Path], typer.Option(help="--from-queries: also write the derived "
                                                        "labels (JSONL).")] = None,
     local_version: Annotated[Optional[str], typer.Option(help="Local model version to compare.")] = None,

@@ -9,8 +9,11 @@ No ``from __future__ import annotations`` here: Prefect builds the parameter sch
 served flow from real annotations.
 """
 
+import logging
+import signal
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Optional
 
@@ -22,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from beam_pipeline.pipeline import PipelineOutcome, PipelineSpec, api_prices, run_pipeline
+from beam_pipeline.read import match_input
 from flows.budget_events import Emit, settle_budget
 from flows.endpoint import (
     ApiTierUnavailable,
@@ -32,16 +36,20 @@ from flows.endpoint import (
 )
 from flows.reporting import publish_report
 from flows.secrets import resolve_api_key
+from flows.signals import RunStopped, record_stop_signals, stop_signal_of
 from flows.telemetry_flow import RunTelemetry
-from store.ledger import SpendLedger
+from store.ledger import Reservation, SpendLedger
 from store.registry import open_registry
 from tiering.errors import InputNotFoundError
+from tiering.outcome import OutcomePolicy, RunStatus, run_outcome
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
 
-__all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes"]
+__all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes", "RunIncomplete",
+           "flow_state"]
 
 _ = prefect  # imported for its side effect on logging order
+_log = logging.getLogger(__name__)
 
 
 def existing_hashes(settings: TierembedSettings) -> dict[str, dict[str, str]]:
@@ -65,11 +73,23 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+def _run_or_stop(spec: PipelineSpec) -> PipelineOutcome:
+    """Run the pipeline; a stop signal comes out as :class:`RunStopped`, whatever Beam or
+    Prefect turned it into on the way (see flows.signals)."""
+    try:
+        return run_pipeline(spec)
+    except BaseException as exc:
+        signum = stop_signal_of(exc)
+        if signum is None:
+            raise
+        raise RunStopped(f"stopped by {signal.Signals(signum).name}", signum) from None
+
+
 @task(name="run-beam-pipeline", cache_policy=NO_CACHE, retries=0)
 def _run_pipeline_task(spec: PipelineSpec) -> PipelineOutcome:
     # retries=0: the API tier has its own single retry layer; retrying the whole pipeline
     # would re-send paid requests.
-    return run_pipeline(spec)
+    return _run_or_stop(spec)
 
 
 def run_embedding(
@@ -100,7 +120,8 @@ def run_embedding(
     run_id = run_id or new_run_id()
     settings = settings_for_endpoint(settings)  # the stand-in gets versions of its own
     per_run = budget_usd if budget_usd is not None else settings.budget.per_run_usd
-    ledger = ledger or SpendLedger(settings.budget.ledger_path)
+    ledger = ledger or SpendLedger(settings.budget.ledger_path,
+                                   stale_after_s=settings.budget.stale_run_after_s)
     started = time.monotonic()
     _, versions = open_registry(settings, by=f"run {run_id}")
     with resolve_endpoint(settings.api) as api:
@@ -111,16 +132,26 @@ def run_embedding(
         telemetry = RunTelemetry(settings, run_id)
         telemetry.begin(grant, api.provider, source)  # budget gauges, progress artifact
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.
-        runner = _run_pipeline_task if FlowRunContext.get() else run_pipeline
+        runner = _run_pipeline_task if FlowRunContext.get() else _run_or_stop
         try:
-            probed = _preflight(settings, api, grant.budget_usd)
-            outcome = runner(spec)
+            with ledger.heartbeat_while(run_id, settings.budget.heartbeat_s), record_stop_signals():
+                probed = _preflight(settings, api, grant.budget_usd)
+                outcome = runner(spec)
         except BaseException as exc:
             # A missing input fails while the graph is built, a dead endpoint in the
-            # preflight: both before any paid call.
-            ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}",
-                            nothing_sent=isinstance(exc, InputNotFoundError | ApiTierUnavailable))
+            # preflight: both before any paid call. A run stopped by SIGINT/SIGTERM recorded
+            # each reply's spend: it is settled at that.
+            signum = stop_signal_of(exc)
+            if signum is None:
+                why = f"{type(exc).__name__}: {exc}"
+            else:
+                why = f"stopped by a signal ({signal.Signals(signum).name}); settled at the spend it recorded"
+            ledger.fail_run(run_id, why,
+                            nothing_sent=isinstance(exc, InputNotFoundError | ApiTierUnavailable),
+                            settle=signum is not None)
             telemetry.failed(exc)
+            if signum is not None:
+                raise RunStopped(f"stopped by {signal.Signals(signum).name}", signum) from None
             raise
     prices = api_prices(settings)
     report = build_report(
@@ -136,8 +167,16 @@ def run_embedding(
         duration_s=time.monotonic() - started,
         endpoint=f"{api.provider} {api.base_url or 'https://api.openai.com/v1'}",
     )
+    skipped = match_input(source, settings.input.format).skipped_note()
+    if skipped:
+        _log.warning("%s", skipped)
+    notes = [*_ledger_notes(grant, per_run, settings.budget.monthly_usd), *filter(None, [skipped])]
+    report = replace(report, notes=(*report.notes, *notes))
     report, status = settle_budget(report, ledger, settings.budget, per_run_cap_usd=per_run,
                                    month=grant.month, emit=emit)
+    dl = settings.dead_letters
+    ending = run_outcome(report, OutcomePolicy(dl.max_failed_fraction, dl.max_invalid_fraction))
+    report = replace(report, status=ending.status.value, status_reasons=ending.reasons)
     telemetry.finished(report, status)  # month-to-date gauges from the ledger; flush
     return report
 
@@ -169,6 +208,52 @@ def _with_probes(counters: dict[str, int], probed: dict[str, int],
     return out
 
 
+def _ledger_notes(grant: Reservation, per_run: Optional[float], monthly: Optional[float]) -> list[str]:
+    """Dead runs settled before this one, and - when the month's budget left this run less
+    than its per-run cap - the runs holding the rest, with what to do about them."""
+    notes = grant.notes()
+    short = (monthly is not None and grant.budget_usd is not None
+             and (per_run is None or grant.budget_usd < per_run))
+    if short and grant.held_by:
+        held = sum(h.held_usd for h in grant.held_by)
+        notes.append(f"this run got ${grant.budget_usd:,.6f} of the monthly budget because other runs hold "
+                     f"${held:,.6f} of it: " + "; ".join(h.message() for h in grant.held_by[:5]))
+    return notes
+
+
+class RunIncomplete(Exception):  # noqa: N818 - a state's payload more than an error
+    """The result of a flow run that ended partial or failed (see ``tiering.outcome``):
+    the summary, with the whole run report (``report``) riding along."""
+
+    def __init__(self, summary: str, report: dict[str, Any]) -> None:
+        super().__init__(summary, report)
+        self.summary = summary
+        self.report = report
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+def flow_state(report: RunReport) -> Any:
+    """What the flow returns: its report, in a state that tells Prefect how the run ended.
+
+    ``completed``: the report (a plain Completed state); ``completed_with_warnings``: a
+    Completed state named CompletedWithWarnings; ``partial`` / ``failed``: a Failed state
+    (named Partial for the first) whose result is a :class:`RunIncomplete` with the report.
+    """
+    from prefect.states import Completed, Failed
+
+    status = RunStatus(report.status)
+    data = report.to_dict()
+    summary = f"tierembed run {report.run_id}: " + "; ".join((status.value, *report.status_reasons))
+    if status is RunStatus.COMPLETED:
+        return data
+    if status is RunStatus.COMPLETED_WITH_WARNINGS:
+        return Completed(name="CompletedWithWarnings", message=summary[:2000], data=data)
+    name = "Partial" if status is RunStatus.PARTIAL else "Failed"
+    return Failed(name=name, message=summary[:2000], data=RunIncomplete(summary, data))
+
+
 @flow(name="embed-documents", log_prints=True)
 def embed_documents(
     source: str,
@@ -178,7 +263,7 @@ def embed_documents(
     full_refresh: bool = False,
     settings_overrides: Optional[dict[str, Any]] = None,
     run_id: Optional[str] = None,
-) -> dict[str, Any]:
+) -> Any:
     """Embed the documents at SOURCE with the cheapest tier that fits their value and the budget.
 
     Args:
@@ -195,6 +280,13 @@ def embed_documents(
     Fails (the flow run ends Failed) when the API tier cannot work: the endpoint is
     unreachable, refuses the key or does not know a model (checked before the pipeline),
     or every API request of the run failed (checked after it, once the report is published).
+
+    Returns:
+        The run report (a dict). A run whose documents were dead-lettered by the embedding
+        or store stages beyond ``dead_letters.max_failed_fraction`` ends in a Failed state
+        named ``Partial`` whose result is a ``RunIncomplete`` carrying the report; one with
+        only bad input records in a Completed state named ``CompletedWithWarnings``
+        (see ``flow_state`` and ``tiering.outcome``).
     """
     logger = get_run_logger()
     settings = load_settings(config_path, overrides=settings_overrides)
@@ -209,4 +301,4 @@ def embed_documents(
                            run_id=run_id)
     publish_report(report)
     raise_if_api_never_worked(report)
-    return report.to_dict()
+    return flow_state(report)

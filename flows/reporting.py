@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from tiering.outcome import RunStatus
 from tiering.report import RunReport
 
 __all__ = ["render_text", "publish_report", "report_rows"]
@@ -103,7 +104,15 @@ def render_text(report: RunReport) -> str:
                  + ("OK (every record embedded, skipped or dead-lettered)" if report.accounting_ok()
                     else "MISMATCH: some records are unaccounted for"))
     lines.extend(f"  note: {n}" for n in report.notes)
+    lines.append(_status_line(report))
     return "\n".join(lines)
+
+
+def _status_line(report: RunReport) -> str:
+    """How the run ended and the exit code that says so (tiering.outcome)."""
+    status = RunStatus(report.status)
+    head = f"  status: {status.value.replace('_', ' ')} (exit code {status.exit_code})"
+    return "\n    - ".join([head, *report.status_reasons])
 
 
 def publish_report(report: RunReport) -> None:

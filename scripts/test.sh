@@ -9,6 +9,9 @@
 #                                    breaking release before our users do. Commit the new
 #                                    lock only when this passes.
 # Any other argument goes to pytest (e.g. -k ledger, -x).
+# The suite includes the property-based (hypothesis) tests of hostile input:
+# tests/beam_pipeline/test_hostile_properties.py (fast ones: hundreds of generated JSONL, CSV
+# and Parquet files; a slow one: the whole pipeline on generated files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 setup_args=()

@@ -15,6 +15,16 @@ guard keeps billed spend within the reservation, so it is a true upper bound, an
 monthly cap holds even when a run's real bill is unknown. (A per-run cap lets concurrent
 runs share a monthly budget; without one, the first run reserves all the month has left.)
 
+Runs that die heal. Each run records who runs it (host, process id and the process's start
+time, so a reused pid is not mistaken for it) and a heartbeat (:meth:`SpendLedger.heartbeat`,
+every ``budget.heartbeat_s``). :meth:`SpendLedger.heal` - called by every ``begin_run`` and
+by ``tierembed budget status`` - finds running runs that are dead: on this host, their
+process is gone; on another host, their heartbeat is older than ``stale_after_s``. A dead
+run is settled at the spend it recorded (replies are recorded as they arrive, see
+:meth:`SpendLedger.add_spend`): it becomes ``failed`` with its reservation released and an
+error saying so, and the caller reports it. What a run had in flight when it died is not in
+the ledger; ``tierembed budget reconcile`` replaces a run's figures with the provider's bill.
+
 Months are calendar months in UTC, taken from the injected clock when a run begins; a run
 is charged to the month it began in. Network filesystems (NFS, SMB) do not give SQLite
 the locking it needs: keep the ledger on a local disk, or give each worker its own.
@@ -22,13 +32,18 @@ the locking it needs: keep the ledger on a local disk, or give each worker its o
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from tiering.budget import budget_left
 from tiering.errors import ConfigError
@@ -41,12 +56,18 @@ __all__ = [
     "RunRecord",
     "MonthSpend",
     "Reservation",
+    "RunOwner",
+    "HealedRun",
+    "HeldBy",
+    "ProcessProbe",
+    "LocalProcesses",
     "SpendLedger",
     "month_of",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Clock = Callable[[], datetime]
+_log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,7 +81,11 @@ CREATE TABLE IF NOT EXISTS runs (
     reserved_usd REAL NOT NULL DEFAULT 0,
     est_cost_usd REAL NOT NULL DEFAULT 0,
     cost_usd REAL NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT ''
+    error TEXT NOT NULL DEFAULT '',
+    host TEXT,
+    pid INTEGER,
+    pid_start TEXT,
+    heartbeat_at TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_month ON runs (month, status);
 CREATE TABLE IF NOT EXISTS spend (
@@ -133,6 +158,115 @@ class RunRecord:
     est_cost_usd: float
     cost_usd: float
     error: str
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOwner:
+    """The process that runs a run: ``host`` names the machine (and kernel boot and pid
+    namespace, so containers sharing a hostname are told apart), ``pid_start`` the
+    process's start time as the kernel counts it, so a reused pid is not taken for it."""
+
+    host: str
+    pid: int
+    pid_start: str = ""
+
+    def describe(self, here: str) -> str:
+        where = "this host" if self.host == here else f"host {self.host.split('|')[0]}"
+        return f"process {self.pid} on {where}"
+
+
+class ProcessProbe(Protocol):
+    """Who this process is, and whether another run's process still lives."""
+
+    def me(self) -> RunOwner: ...
+
+    def alive(self, owner: RunOwner) -> bool | None:
+        """True/False for a process on this host; None when it runs elsewhere."""
+        ...
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of ``pid`` from /proc (Linux); None when there is no such process."""
+    text = _read(f"/proc/{pid}/stat")
+    if not text:
+        return None
+    fields = text[text.rfind(")") + 2:].split()  # the name may hold spaces and parentheses
+    return fields[0], fields[19]
+
+
+class LocalProcesses:
+    """The real probe: hostname, kernel boot id and pid namespace name the host; /proc (or
+    ``kill(pid, 0)`` elsewhere) tells whether a process lives. A zombie counts as dead."""
+
+    def __init__(self) -> None:
+        try:
+            pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+        except OSError:
+            pidns = ""
+        self._host = "|".join((socket.gethostname(), _read("/proc/sys/kernel/random/boot_id")[:8], pidns))
+
+    def me(self) -> RunOwner:
+        stat = _proc_stat(os.getpid())
+        return RunOwner(self._host, os.getpid(), stat[1] if stat else "")
+
+    def alive(self, owner: RunOwner) -> bool | None:
+        if owner.host != self._host:
+            return None
+        stat = _proc_stat(owner.pid)
+        if stat is not None:
+            state, start = stat
+            return state not in ("Z", "X") and (not owner.pid_start or start == owner.pid_start)
+        try:
+            os.kill(owner.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's process
+        return not Path("/proc").is_dir()  # /proc exists but had no entry: gone
+
+
+@dataclass(frozen=True, slots=True)
+class HealedRun:
+    """A run found dead and settled at the spend it recorded."""
+
+    run_id: str
+    owner: str  # "process 123 on this host"
+    why: str  # "its process is gone" / "no heartbeat since ..."
+    reserved_usd: float
+    recorded_usd: float
+
+    def message(self) -> str:
+        return (f"run {self.run_id} died without finishing ({self.owner}: {self.why}); its reservation "
+                f"${self.reserved_usd:,.6f} was settled at the ${self.recorded_usd:,.6f} it recorded. "
+                f"Requests it had in flight are not in the ledger: `tierembed budget reconcile "
+                f"{self.run_id} --billed-usd USD` records the provider's bill")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBy:
+    """Another run holding part of the month: a reservation, or a failed run's upper bound."""
+
+    run_id: str
+    status: str
+    held_usd: float
+    owner: str  # "process 123 on this host (alive)", or "" when unknown
+
+    def message(self) -> str:
+        if self.status == "failed":
+            return (f"run {self.run_id} failed and holds ${self.held_usd:,.6f} until its bill is known: "
+                    f"`tierembed budget reconcile {self.run_id} --billed-usd USD`")
+        who = f" ({self.owner})" if self.owner else ""
+        return f"run {self.run_id} is running{who} and holds ${self.held_usd:,.6f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +306,33 @@ class Reservation:
     month: str
     budget_usd: float | None
     month_to_date_usd: float
+    healed: tuple[HealedRun, ...] = ()  # dead runs this reservation settled first
+    held_by: tuple[HeldBy, ...] = ()  # other runs holding part of the month
+
+    def notes(self) -> list[str]:
+        """Report lines: the dead runs settled, and who holds the month when the run got
+        less than its per-run cap because of them."""
+        return [h.message() for h in self.healed]
 
 
 class SpendLedger:
     """The SQLite spend ledger. Each call opens its own short connection, so one instance
     may be shared by threads, and many processes may use the same file."""
 
-    def __init__(self, path: str | Path, *, clock: Clock = _utc_now, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock = _utc_now,
+        busy_timeout_s: float = 30.0,
+        probe: ProcessProbe | None = None,
+        stale_after_s: float = 600.0,
+    ) -> None:
         self.path = Path(path).expanduser()
         self._clock = clock
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._probe = probe or LocalProcesses()
+        self._stale_after = timedelta(seconds=stale_after_s)
         self._ensure_schema()
 
     # -- connection -------------------------------------------------------------------
@@ -264,6 +415,10 @@ class SpendLedger:
             # Statement by statement: executescript() would COMMIT the open transaction.
             for statement in _statements():
                 conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            for column, kind in _RUN_COLUMNS_V2:  # schema 1 -> 2: who runs a run, and its heartbeat
+                if column not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -288,7 +443,9 @@ class SpendLedger:
         finished raises :class:`LedgerError` (run ids are unique)."""
         now = self._clock()
         month = month_of(now)
+        me = self._probe.me()
         with self._write() as conn:
+            healed = self._heal(conn, now)  # a dead run's reservation must not hold this one back
             existing = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if existing is not None and existing["status"] != "running":
                 raise LedgerError(f"run {run_id!r} is already in the ledger ({existing['status']}); "
@@ -298,10 +455,101 @@ class SpendLedger:
             left = budget_left(per_run_usd, monthly_usd, mtd)
             conn.execute(
                 "INSERT OR REPLACE INTO runs (run_id, month, started_at, status, source, budget_usd,"
-                " reserved_usd) VALUES (?, ?, ?, 'running', ?, ?, ?)",
-                (run_id, month, now.isoformat(), source, left, left or 0.0),
+                " reserved_usd, host, pid, pid_start, heartbeat_at)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, month, now.isoformat(), source, left, left or 0.0, me.host, me.pid, me.pid_start,
+                 now.isoformat()),
             )
-        return Reservation(run_id, month, left, mtd)
+            held = self._held_by(conn, month, exclude_run=run_id)
+        return Reservation(run_id, month, left, mtd, tuple(healed), tuple(held))
+
+    # -- liveness ---------------------------------------------------------------------
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Tell the ledger ``run_id`` is alive; False when it is no longer running there
+        (finished, or taken for dead and settled by another process)."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'running'",
+                               (self._clock().isoformat(), run_id))
+            return cur.rowcount == 1
+
+    @contextmanager
+    def heartbeat_while(self, run_id: str, interval_s: float) -> Iterator[None]:
+        """Beat for ``run_id`` every ``interval_s`` from a daemon thread while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    if not self.heartbeat(run_id):
+                        _log.warning("run %s: the ledger no longer holds it as running", run_id)
+                except LedgerError as exc:  # a busy or unwritable ledger must not stop the run
+                    _log.warning("run %s: heartbeat not recorded: %s", run_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"ledger-heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def heal(self) -> list[HealedRun]:
+        """Find running runs that are dead and settle each at the spend it recorded."""
+        with self._write() as conn:
+            return self._heal(conn, self._clock())
+
+    def _heal(self, conn: sqlite3.Connection, now: datetime) -> list[HealedRun]:
+        healed = []
+        here = self._probe.me().host
+        for row in conn.execute("SELECT * FROM runs WHERE status = 'running' AND pid IS NOT NULL").fetchall():
+            owner = RunOwner(row["host"] or "", int(row["pid"]), row["pid_start"] or "")
+            why = self._dead_because(owner, row, now)
+            if why is None:
+                continue
+            spent = conn.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(est_cost_usd), 0) FROM spend "
+                "WHERE run_id = ?", (row["run_id"],),
+            ).fetchone()
+            run = HealedRun(row["run_id"], owner.describe(here), why, float(row["reserved_usd"]),
+                            float(spent[0]))
+            conn.execute(
+                "UPDATE runs SET status = 'failed', finished_at = ?, reserved_usd = 0, cost_usd = ?, "
+                "est_cost_usd = ?, error = ? WHERE run_id = ?",
+                (now.isoformat(), run.recorded_usd, float(spent[1]), run.message()[:2000], run.run_id),
+            )
+            _log.warning("%s", run.message())
+            healed.append(run)
+        return healed
+
+    def _dead_because(self, owner: RunOwner, row: sqlite3.Row, now: datetime) -> str | None:
+        alive = self._probe.alive(owner)
+        if alive is False:
+            return "its process is gone"
+        if alive is None:  # another host: only the heartbeat can tell
+            last = datetime.fromisoformat(row["heartbeat_at"] or row["started_at"])
+            if last.tzinfo is None:
+                last = last.replace(tzinfo=UTC)
+            if now - last > self._stale_after:
+                return f"no heartbeat since {last.isoformat(timespec='seconds')}"
+        return None
+
+    def _held_by(self, conn: sqlite3.Connection, month: str, *, exclude_run: str) -> list[HeldBy]:
+        here = self._probe.me().host
+        rows = conn.execute(
+            f"SELECT h.run_id, h.status, h.held, r.host, r.pid, r.pid_start FROM ({_HELD}) h "
+            "JOIN runs r ON r.run_id = h.run_id WHERE h.held > 0 AND h.run_id != ? ORDER BY h.held DESC",
+            (month, exclude_run),
+        ).fetchall()
+        out = []
+        for r in rows:
+            owner = ""
+            if r["pid"] is not None:
+                o = RunOwner(r["host"] or "", int(r["pid"]), r["pid_start"] or "")
+                alive = self._probe.alive(o)
+                owner = o.describe(here) + {True: ", alive", False: ", gone", None: ""}[alive]
+            out.append(HeldBy(r["run_id"], r["status"], float(r["held"]), owner))
+        return out
 
     def finish_run(self, run_id: str, lines: Iterable[SpendLine]) -> RunRecord:
         """Record the billed spend of ``run_id`` and release its reservation.
@@ -348,17 +596,24 @@ class SpendLedger:
                  line.billed_tokens, line.est_cost_usd, line.cost_usd),
             )
 
-    def fail_run(self, run_id: str, error: str, *, nothing_sent: bool = False) -> RunRecord:
+    def fail_run(
+        self, run_id: str, error: str, *, nothing_sent: bool = False, settle: bool = False
+    ) -> RunRecord:
         """Mark ``run_id`` failed. Its reservation stays charged to the month as an
         unreconciled upper bound until :meth:`finish_run` records the real bill, unless
-        ``nothing_sent`` (the run failed before it could call the API): then it is released."""
+        ``nothing_sent`` (the run failed before it could call the API) or ``settle`` (it was
+        stopped on purpose, by a signal, after recording each reply's spend): then the
+        reservation is released and the run counts at the spend it recorded."""
         now = self._clock()
         with self._write() as conn:
             self._run_month(conn, run_id, now)
+            spent = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE run_id = ?",
+                                 (run_id,)).fetchone()[0]
             conn.execute(
                 "UPDATE runs SET status = 'failed', finished_at = ?, error = ?, "
-                "reserved_usd = CASE WHEN ? THEN 0 ELSE reserved_usd END WHERE run_id = ?",
-                (now.isoformat(), error[:2000], nothing_sent, run_id),
+                "reserved_usd = CASE WHEN ? THEN 0 ELSE reserved_usd END, "
+                "cost_usd = CASE WHEN ? THEN ? ELSE cost_usd END WHERE run_id = ?",
+                (now.isoformat(), error[:2000], nothing_sent or settle, settle, float(spent), run_id),
             )
             return _run_record(conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone())
 
@@ -467,6 +722,9 @@ class SpendLedger:
                 for r in rows]
 
 
+_RUN_COLUMNS_V2 = (("host", "TEXT"), ("pid", "INTEGER"), ("pid_start", "TEXT"), ("heartbeat_at", "TEXT"))
+
+
 def _statements() -> list[str]:
     return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
@@ -500,4 +758,5 @@ def _run_record(row: sqlite3.Row) -> RunRecord:
         finished_at=row["finished_at"], status=row["status"], source=row["source"],
         budget_usd=row["budget_usd"], reserved_usd=float(row["reserved_usd"]),
         est_cost_usd=float(row["est_cost_usd"]), cost_usd=float(row["cost_usd"]), error=row["error"],
+        host=row["host"], pid=row["pid"], heartbeat_at=row["heartbeat_at"],
     )

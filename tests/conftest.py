@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,64 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Beam's TestPipeline defaults to the DirectRunner, which in Beam 2.7x first tries its Prism
+# runner (downloading a binary when online, then running the test on a runner nobody chose)
+# and leaves a beam-temp* and two tmp* folders in the system temp folder per pipeline. Our
+# tests run on the runner the product uses by default: the in-process FnApiRunner. A run of
+# pytest may still name another with --test-pipeline-options="--runner=...".
+_TEST_RUNNER = "--runner=FnApiRunner"
+# What must never be left in the temp folder by a test session (checked at its end).
+_LEFTOVER_PREFIXES = ("beam-temp", "beam-pipeline-temp")
+_session_tmp: dict[str, Any] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    try:
+        parser.addoption("--test-pipeline-options", default=None,
+                         help="Beam pipeline options for TestPipeline (default: " + _TEST_RUNNER + ")")
+    except ValueError:  # Beam's own pytest plugin registered it already
+        pass
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    TestPipeline.pytest_test_pipeline_options = (
+        config.getoption("--test-pipeline-options", default=None) or _TEST_RUNNER
+    )
+    # A temp folder of this session's own (the machine's /tmp is shared by other runs), so
+    # that the check at the end sees only what this session left behind. Subprocesses
+    # (the CLI under test, servers) inherit it through TMPDIR.
+    base = Path(tempfile.mkdtemp(prefix="tierembed-tests-"))
+    _session_tmp.update(base=base, previous=os.environ.get("TMPDIR"), remove=False)
+    os.environ["TMPDIR"] = str(base)
+    tempfile.tempdir = None  # recomputed from TMPDIR
+    # Removed at exit, after the atexit hooks registered later (Prefect's test harness cleans
+    # its own folder in there from one).
+    atexit.register(_remove_session_tmp)
+
+
+def _remove_session_tmp() -> None:
+    if _session_tmp.get("remove"):
+        shutil.rmtree(_session_tmp["base"], ignore_errors=True)
+
+
+def _leftovers(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.name.startswith(_LEFTOVER_PREFIXES))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    base: Path | None = _session_tmp.get("base")
+    if base is None or not base.exists():
+        return
+    left = _leftovers(base)
+    if left:
+        # Fail the session: every pipeline must clean up after itself (see _TEST_RUNNER).
+        print(f"\nFAILED: the test session left Beam temporary folders in {base}: {left}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    _session_tmp["remove"] = exitstatus == 0  # otherwise keep the tests' files for a look
 
 from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig  # noqa: E402
 from tiering.settings import TierembedSettings, load_settings  # noqa: E402
@@ -46,6 +107,24 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
         return load_settings(overrides=_merge(base, overrides or {}))
 
     return _make
+
+
+@pytest.fixture
+def graph_only() -> Iterator[Callable[[list[str]], Any]]:
+    """Pipelines built only to inspect their graph (never run): Beam makes a temp folder
+    for each at construction and removes it only in ``run()``, so remove it here."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    made: list[beam.Pipeline] = []
+
+    def _new(flags: list[str]) -> beam.Pipeline:
+        made.append(beam.Pipeline(options=PipelineOptions(flags)))
+        return made[-1]
+
+    yield _new
+    for p in made:
+        shutil.rmtree(p.local_tempdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -121,7 +121,9 @@ class EmbeddedDocument:
 class DeadLetter:
     """A record that a stage rejected, kept as data so it can be inspected and replayed.
 
-    ``payload`` holds the raw input (or the document's JSON) exactly enough to replay it.
+    ``payload`` holds the raw input (or the document's JSON) exactly enough to replay it:
+    as text when ``payload_encoding`` is ``"utf-8"``, or the record's raw bytes in base64
+    when it was not valid UTF-8 (``"base64"``).
     """
 
     stage: str
@@ -134,20 +136,27 @@ class DeadLetter:
     tier: str | None = None
     model_version: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    payload_encoding: str = "utf-8"
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "stage": self.stage,
-                "error_type": self.error_type,
-                "message": self.message,
-                "retryable": self.retryable,
-                "doc_id": self.doc_id,
-                "source": self.source,
-                "tier": self.tier,
-                "model_version": self.model_version,
-                "extra": dict(self.extra),
-                "payload": self.payload,
-            },
-            ensure_ascii=False,
-        )
+        """One JSON line; always encodable as UTF-8 (text that is not, such as a lone
+        surrogate from a ``\\ud800`` escape in the input, is written as a JSON escape)."""
+        fields = {
+            "stage": self.stage,
+            "error_type": self.error_type,
+            "message": self.message,
+            "retryable": self.retryable,
+            "doc_id": self.doc_id,
+            "source": self.source,
+            "tier": self.tier,
+            "model_version": self.model_version,
+            "extra": dict(self.extra),
+            "payload_encoding": self.payload_encoding,
+            "payload": self.payload,
+        }
+        text = json.dumps(fields, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(fields, ensure_ascii=True)
+        return text

@@ -76,6 +76,8 @@ class RunReport:
     api_breaker: tuple[tuple[str, int], ...] = ()  # circuit breaker transitions, by name
     api_cached: int = 0  # API documents whose vectors came from the result cache
     api_size_splits: int = 0  # requests split after a refusal for size
+    status: str = "completed"  # tiering.outcome.RunStatus: how the run ended
+    status_reasons: tuple[str, ...] = ()
 
     @property
     def dead_letters(self) -> int:
@@ -164,6 +166,8 @@ class RunReport:
             "duration_s": round(self.duration_s, 3),
             "endpoint": self.endpoint,
             "accounting_ok": self.accounting_ok(),
+            "status": self.status,
+            "status_reasons": list(self.status_reasons),
             "tiers": [_line_dict(line) for line in self.lines],
             "notes": list(self.notes),
         }

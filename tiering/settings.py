@@ -101,6 +101,14 @@ class InputSettings(_Section):
         le=100_000_000,
         description="Longer documents are dead-lettered (stage 'validate') instead of embedded.",
     )
+    max_record_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="Longest input record (a JSONL line, a CSV record) read, in bytes; a longer one "
+        "is dead-lettered with its first bytes and never held in memory whole. Keep it above "
+        "max_text_chars times the bytes a character takes in the file (JSON escapes take 6).",
+    )
 
 
 class LocalModelSettings(_Section):
@@ -374,6 +382,17 @@ class BudgetSettings(_Section):
     monthly_usd: float | None = Field(None, ge=0.0, description="Month-to-date cap; None = none.")
     warn_fraction: float = Field(0.8, gt=0.0, le=1.0, description="Warn at this share of a cap.")
     ledger_path: str = Field(".tierembed/ledger.sqlite", description="Spend ledger (SQLite).")
+    heartbeat_s: float = Field(
+        15.0, ge=0.1, le=600, description="How often a running run tells the ledger it is alive."
+    )
+    stale_run_after_s: float = Field(
+        600.0,
+        ge=1.0,
+        le=86_400,
+        description="A running run on ANOTHER host whose last heartbeat is older than this is taken "
+        "for dead and settled at the spend it recorded (on this host a dead run is found by its "
+        "process id at once). Keep it well above heartbeat_s.",
+    )
 
 
 class RegistrySettings(_Section):
@@ -426,7 +445,25 @@ class SinkSettings(_Section):
 
 
 class DeadLetterSettings(_Section):
+    """Where dead letters go, and how many a run may have and still count as a success."""
+
     dir: str = Field(".tierembed/dead_letters", description="One JSONL set per run lands here.")
+    max_failed_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of (document, model version) targets that the embedding and store stages "
+        "may dead-letter before the run counts as partial (exit code 3, Prefect state Failed "
+        "named 'Partial'). 0: any such dead letter makes the run partial.",
+    )
+    max_invalid_fraction: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of input records that validation may reject before the run counts as "
+        "partial. 1 (the default): bad input records are reported as warnings (exit code 0, "
+        "Prefect state Completed named 'CompletedWithWarnings'), never a failure.",
+    )
 
 
 class PipelineSettings(_Section):

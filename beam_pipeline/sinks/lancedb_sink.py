@@ -32,6 +32,7 @@ from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
 from tiering.settings import sanitize_identifier
+from tiering.storable import unstorable_reason
 
 __all__ = ["LanceDBSinkConfig", "LanceDBStore", "SearchHit"]
 
@@ -178,6 +179,10 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         self._buffers = defaultdict(list)
 
     def process(self, doc: EmbeddedDocument) -> Iterator[object]:
+        reason = unstorable_reason(doc)
+        if reason is not None:  # alone, before it can take a batch down with it
+            yield pvalue.TaggedOutput("dead_letters", _unstorable(doc, reason))
+            return
         buf = self._buffers[doc.model_version]
         buf.append(doc)
         if len(buf) >= self._config.batch_size:
@@ -201,6 +206,17 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         beam.metrics.Metrics.counter("tierembed", f"written.{version}").inc(len(docs))
         self._telemetry.written(docs)
         return [d.document.id for d in docs]
+
+
+def _unstorable(doc: EmbeddedDocument, reason: str) -> DeadLetter:
+    beam.metrics.Metrics.counter("tierembed", "dead_letters.write").inc()
+    return DeadLetter(
+        stage=STAGE, error_type="UnstorableDocument", retryable=False,
+        message=f"document {doc.document.id!r} (model version {doc.model_version}): {reason}; "
+        "not written to LanceDB, the other documents of its batch were",
+        doc_id=doc.document.id, source=doc.document.source, payload=document_payload(doc.document),
+        tier=doc.tier.value, model_version=doc.model_version,
+    )
 
 
 def _dead(doc: EmbeddedDocument, exc: Exception) -> DeadLetter:

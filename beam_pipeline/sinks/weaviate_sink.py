@@ -59,6 +59,8 @@ from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
 from tiering.errors import ConfigError, TerminalError, TransientError
 from tiering.settings import SinkSettings, sanitize_identifier
+from tiering.storable import unstorable_reason
+from tiering.validation import unencodable_at
 
 __all__ = ["WeaviateSinkConfig", "WeaviateStore", "SearchHit", "object_uuid", "vector_name"]
 
@@ -453,6 +455,11 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         self._buffer, self._bytes = [], 0
 
     def process(self, doc: EmbeddedDocument) -> Iterator[object]:
+        reason = unstorable_reason(doc)
+        if reason is not None:  # alone, before it can take a batch down with it
+            yield _dead(doc, "UnstorableDocument", f"{reason}; the other documents of its batch were "
+                        "written", False)
+            return
         self._buffer.append(doc)
         self._bytes += _payload_bytes(doc)
         if len(self._buffer) >= self._config.batch_size or self._bytes >= self._config.max_batch_bytes:
@@ -506,6 +513,7 @@ def _dead(doc: EmbeddedDocument, error_type: str, reason: str, retryable: bool) 
         payload=document_payload(doc.document),
         tier=doc.tier.value,
         model_version=doc.model_version,
-        extra=(("object_uuid", object_uuid(doc.document.id, doc.model_version)),),
+        extra=(("object_uuid", object_uuid(doc.document.id, doc.model_version)),)
+        if unencodable_at(doc.document.id) is None else (),  # no uuid for an id UTF-8 cannot encode
     )
     return pvalue.TaggedOutput("dead_letters", letter)

@@ -22,17 +22,19 @@ with a dead-letter output fails them. The pipeline tests check the real elements
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import apache_beam as beam
 import pytest
 from apache_beam import pipeline as beam_pipeline
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.typehints import typehints
 
 from beam_pipeline.pipeline import PipelineSpec, ResolvedApi, build_pipeline
 from tests.conftest import SettingsFactory, corpus, write_jsonl
 from tiering.settings import TierembedSettings
+
+GraphOnly = Callable[[list[str]], beam.Pipeline]
 
 OURS = ("beam_pipeline.", "flows.", "tiering.")
 
@@ -55,9 +57,8 @@ def _source(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "docs.jsonl", [*docs, "{not json", {"id": "x"}, docs[5]])
 
 
-def _built(settings: TierembedSettings, source: Path) -> beam.Pipeline:
-    options = PipelineOptions(["--runner=FnApiRunner", "--type_check_additional=all"])
-    p = beam.Pipeline(options=options)
+def _built(settings: TierembedSettings, source: Path, graph_only: GraphOnly) -> beam.Pipeline:
+    p = graph_only(["--runner=FnApiRunner", "--type_check_additional=all"])
     api = ResolvedApi(settings.api.base_url, "k", "fake")
     build_pipeline(p, PipelineSpec(settings, str(source), "types", None, api))
     return p
@@ -86,17 +87,17 @@ def _nodes(p: beam.Pipeline) -> list[beam_pipeline.AppliedPTransform]:
 
 
 def test_pipeline_builds_with_beams_construction_type_checks(
-    tmp_path: Path, make_settings: SettingsFactory
+    tmp_path: Path, make_settings: SettingsFactory, graph_only: GraphOnly
 ) -> None:
     settings = _settings(make_settings, "http://127.0.0.1:9/v1")
-    p = _built(settings, _source(tmp_path))  # raises TypeCheckError on any inconsistency
+    p = _built(settings, _source(tmp_path), graph_only)  # raises TypeCheckError on any inconsistency
     assert p.options.view_as(beam.options.pipeline_options.TypeOptions).pipeline_type_check
 
 
 def test_every_dofn_of_ours_declares_input_and_output_types(
-    tmp_path: Path, make_settings: SettingsFactory
+    tmp_path: Path, make_settings: SettingsFactory, graph_only: GraphOnly
 ) -> None:
-    p = _built(_settings(make_settings, "http://127.0.0.1:9/v1"), _source(tmp_path))
+    p = _built(_settings(make_settings, "http://127.0.0.1:9/v1"), _source(tmp_path), graph_only)
     fns = [node.transform.fn for node in _nodes(p)
            if isinstance(node.transform, beam.ParDo) and _ours(node.transform.fn)]
     assert len(fns) >= 10, "expected every stage's DoFn in the graph"
@@ -109,9 +110,9 @@ def test_every_dofn_of_ours_declares_input_and_output_types(
 
 
 def test_every_collection_of_ours_and_every_grouped_or_side_input_has_a_concrete_type(
-    tmp_path: Path, make_settings: SettingsFactory
+    tmp_path: Path, make_settings: SettingsFactory, graph_only: GraphOnly
 ) -> None:
-    p = _built(_settings(make_settings, "http://127.0.0.1:9/v1"), _source(tmp_path))
+    p = _built(_settings(make_settings, "http://127.0.0.1:9/v1"), _source(tmp_path), graph_only)
     vague: list[str] = []
     for node in _nodes(p):
         t = node.transform
@@ -128,11 +129,11 @@ def test_every_collection_of_ours_and_every_grouped_or_side_input_has_a_concrete
 
 
 def test_a_document_collection_with_a_wrong_type_is_refused_at_construction(
-    tmp_path: Path, make_settings: SettingsFactory
+    tmp_path: Path, make_settings: SettingsFactory, graph_only: GraphOnly
 ) -> None:
     """The check can fail: feeding raw strings to ScoreDocuments is caught before running."""
     from beam_pipeline.score import ScoreDocuments
 
-    p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    p = graph_only(["--runner=FnApiRunner"])
     with pytest.raises(beam.typehints.decorators.TypeCheckError, match="Document"):
         _ = p | beam.Create(["not a document"]).with_output_types(str) | ScoreDocuments()

@@ -286,3 +286,69 @@ def test_whole_pipeline_into_weaviate_reports_written_documents_and_progress(
     assert outcome.counters["documents.embedded.api"] == 5  # the same metric the LanceDB writer records
     progress = read_progress(str(tmp_path / "progress" / "tierembed-progress" / "r-wv"))
     assert (progress.written, progress.dead_lettered) == (5, 1)
+
+
+@pytest.mark.parametrize("backend", ["lancedb", "weaviate"])
+def test_a_document_no_store_can_encode_is_dead_lettered_alone_and_its_batch_is_written(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone surrogate in an id or in metadata, or a NaN vector, used to fail the whole
+    flush (every good document of the batch dead-lettered with it)."""
+    bad_id = emb("b\ud800", (0.0, 1.0))
+    bad_meta = EmbeddedDocument(Document("m", "t", "s:2", '{"k": "\udc80"}', "hash-m"), Tier.LOCAL, "v1",
+                                "m", (0.6, 0.8), 1, 3)
+    nan = emb("n", (float("nan"), 1.0))
+    docs = [emb("a", (1.0, 0.0), "alpha"), bad_id, bad_meta, nan, emb("c", (0.6, 0.8), "gamma")]
+    with contextlib.ExitStack() as stack:
+        if backend == "lancedb":
+            cfg: Any = LanceDBSinkConfig(str(tmp_path / "db"), batch_size=10)
+            store_of: OpenStore = lambda c: contextlib.nullcontext(LanceDBStore(c))  # noqa: E731
+        else:
+            double = stack.enter_context(WeaviateDouble())
+            monkeypatch.setattr("weaviate.connect.v4.PYPI_PACKAGE_URL", double.pypi_url)
+            cfg, store_of = wv_config(double, batch_size=10), WeaviateStore
+        letters = dead_letters(cfg, docs, tmp_path)
+        with store_of(cfg) as store:
+            assert store.existing_hashes("v1") == {"a": "hash-alpha", "c": "hash-gamma"}
+    assert sorted((d["doc_id"], d["error_type"], d["retryable"]) for d in letters) == [
+        ("b\ud800", "UnstorableDocument", False), ("m", "UnstorableDocument", False),
+        ("n", "UnstorableDocument", False)]
+    reasons = {d["doc_id"]: d["message"] for d in letters}
+    assert "id is not valid Unicode" in reasons["b\ud800"] and "metadata" in reasons["m"]
+    assert "NaN" in reasons["n"]
+
+
+def test_a_store_that_dies_mid_run_makes_the_run_partial_and_replay_completes_it(
+    tmp_path: Path, make_settings: SettingsFactory, fake_api: FakeOpenAIServer, wv: WeaviateDouble
+) -> None:
+    """The issue: Weaviate killed mid-run, 1,200 of 2,000 dead-lettered, exit 0, the flow run
+    Completed. Nothing was lost and replay finished the job: that stays."""
+    from flows.embed import RunIncomplete, flow_state, run_embedding
+    from flows.replay import dead_letter_files, replay_set_lines, select_for_replay
+
+    settings = make_settings({
+        **api_overrides(fake_api),
+        "routing": {"api_threshold": 0.0},  # every document to the API tier: no local model to load
+        "sink": {"kind": "weaviate", "batch_size": 2,
+                 "weaviate": {"url": wv.url, "grpc_port": wv.grpc_port}},
+    })
+    src = write_jsonl(tmp_path / "docs.jsonl", corpus(12))
+    wv.fail_next_batch(grpc.StatusCode.INTERNAL, times=4)  # the store fails its next 4 batches
+    first = run_embedding(settings, str(src), emit=lambda **_: None)
+    assert first.accounting_ok() and dict(first.dead_letters_by_stage) == {"write": 8}
+    assert first.status == "partial"
+    assert "8 of 12 targets dead-lettered by write: 8" in first.status_reasons[0]
+    state = flow_state(first)
+    assert state.is_failed() and state.name == "Partial" and "tierembed replay" in (state.message or "")
+    incomplete = state.result(raise_on_failure=False)
+    assert isinstance(incomplete, RunIncomplete) and incomplete.report["status"] == "partial"
+
+    letters = [line for f in dead_letter_files(Path(first.dead_letter_path).parent)
+               for line in f.read_text().splitlines()]
+    chosen = select_for_replay(letters, settings.input)
+    replay_src = tmp_path / "again.replay.jsonl"
+    replay_src.write_text("\n".join(replay_set_lines(chosen)) + "\n")
+    second = run_embedding(settings, str(replay_src), emit=lambda **_: None)
+    assert second.status == "completed" and second.written == 8 and flow_state(second) == second.to_dict()
+    assert len(wv.objects("Document")) == 12
+    assert {o["properties"]["source"].rsplit(":", 1)[0] for o in wv.objects("Document")} == {str(src)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -48,3 +49,34 @@ def test_config_command_prints_effective_settings_without_secrets(monkeypatch) -
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 0 and "sk-do-not-print" not in result.output
     assert '"api_threshold"' in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "-inf", "NaN", "-0.01"])
+def test_budget_that_is_not_a_finite_amount_is_refused_before_anything_starts(
+    tmp_path: Path, value: str
+) -> None:
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "b"}\n')
+    result = runner.invoke(app, ["run", str(tmp_path / "d.jsonl"), "--budget", value])
+    assert result.exit_code == 2, result.output
+    assert "finite amount of US dollars" in result.output and "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_reconcile_refuses_a_bill_that_is_not_a_finite_amount(tmp_path: Path, value: str) -> None:
+    result = runner.invoke(app, ["budget", "reconcile", "some-run", "--billed-usd", value])
+    assert result.exit_code == 2 and "finite amount of US dollars" in result.output
+
+
+def test_zero_budget_is_a_valid_budget() -> None:
+    from flows.cli_values import finite_usd
+
+    assert finite_usd(0.0) == 0.0 and finite_usd(None) is None and finite_usd(2.5) == 2.5
+
+
+@pytest.mark.parametrize(("option", "value"), [("--max-cost", "nan"), ("--max-cost", "-1"),
+                                               ("--min-gain", "inf")])
+def test_router_train_refuses_numbers_that_are_not_finite(tmp_path: Path, option: str, value: str) -> None:
+    (tmp_path / "labels.jsonl").write_text('{"id": "a", "text": "b", "label": "x"}\n')
+    result = runner.invoke(app, ["router", "train", str(tmp_path / "labels.jsonl"), option, value])
+    assert result.exit_code == 2 and "finite" in result.output, result.output

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import corpus, write_jsonl
-from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.openai_server import FakeOpenAIServer, FakeServerConfig
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,25 @@ def test_dry_run_checks_input_and_embeds_nothing(
     assert result["dry_run"] is True and result["files"] == [str(src)]
     assert fake_api.stats().requests_total == 0
     assert not (tmp_path / "store").exists()
+
+
+def test_a_run_with_embedding_dead_letters_ends_in_a_failed_state_named_partial(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    from prefect.states import StateType
+
+    from flows.embed import RunIncomplete, embed_documents
+
+    docs = corpus(4)
+    docs[0]["metadata"]["priority"] = "high"
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    with FakeOpenAIServer(FakeServerConfig(dead=True)) as dead_api:
+        state = embed_documents(
+            source=str(src), config_path=str(_config(tmp_path, dead_api)), return_state=True,
+            settings_overrides={"api": {"retry": {"max_attempts": 1}, "breaker": {"on_open": "dead_letter",
+                                                                                    "failure_threshold": 1}}})
+    assert state.type is StateType.FAILED and state.name == "Partial"
+    assert "1 of 4 targets dead-lettered by embed: 1" in (state.message or "")
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, RunIncomplete) and result.report["accounting_ok"] is True
+    assert result.report["status"] == "partial" and result.report["written"] == 3

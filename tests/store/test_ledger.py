@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from store.ledger import LedgerError, SpendLedger, SpendLine, month_of
+from store.ledger import LedgerError, RunOwner, SpendLedger, SpendLine, month_of
 
 JAN = datetime(2026, 1, 31, 23, 59, tzinfo=UTC)
 
@@ -152,6 +152,7 @@ def _reserve(path: str, worker: int, barrier: mp.synchronize.Barrier, out: mp.Qu
     ledger = SpendLedger(path, clock=lambda: JAN, busy_timeout_s=60)
     barrier.wait()
     out.put(ledger.begin_run(f"r{worker}", per_run_usd=0.4, monthly_usd=1.0).budget_usd)
+    barrier.wait()  # concurrent runs: all alive until all have reserved (a dead one is settled)
 
 
 def _create_and_reserve(path: str, worker: int, barrier: mp.synchronize.Barrier, out: mp.Queue) -> None:
@@ -264,3 +265,169 @@ def test_spend_recorded_as_replies_arrive_counts_once_against_the_reservation(tm
     assert ledger.month_spend().committed_usd == pytest.approx(1.0 + 0.25)
     ledger.finish_run("r2", [_api(0.25)])
     assert ledger.month_spend().billed_usd == pytest.approx(0.55)
+
+
+# ------------------------------------------------------------- dead runs heal
+
+class Probe:
+    """A process probe with a fixed view of which runs' processes live (the ledger's seam)."""
+
+    def __init__(self, host: str = "h1", pid: int = 100) -> None:
+        self.host, self.pid = host, pid
+        self.dead: set[int] = set()
+
+    def me(self) -> RunOwner:
+        return RunOwner(self.host, self.pid, "start-1")
+
+    def alive(self, owner: RunOwner) -> bool | None:
+        if owner.host != self.host:
+            return None
+        return owner.pid not in self.dead
+
+
+def test_a_killed_run_is_settled_at_its_recorded_spend_by_the_next_run(tmp_path: Path) -> None:
+    """The issue: a killed run held its reservation for ever and the next run got $0."""
+    path = tmp_path / "l.sqlite"
+    killed = SpendLedger(path, clock=Clock(JAN), probe=Probe(pid=7))
+    killed.begin_run("killed", per_run_usd=None, monthly_usd=10.0)  # reserves the whole month
+    killed.add_spend("killed", _api(0.3, tokens=300))  # replies recorded as they arrived
+    probe = Probe(pid=8)
+    probe.dead.add(7)  # then SIGKILL
+    grant = SpendLedger(path, clock=Clock(JAN), probe=probe).begin_run("next", per_run_usd=None,
+                                                                       monthly_usd=10.0)
+    assert grant.budget_usd == pytest.approx(9.7)
+    assert [h.run_id for h in grant.healed] == ["killed"]
+    note = grant.notes()[0]
+    assert "run killed died without finishing (process 7 on this host: its process is gone)" in note
+    assert "$10.000000 was settled at the $0.300000 it recorded" in note
+    assert "tierembed budget reconcile killed" in note
+    record = SpendLedger(path, clock=Clock(JAN), probe=probe).run("killed")
+    assert record is not None and record.status == "failed" and record.reserved_usd == 0
+    assert record.cost_usd == pytest.approx(0.3)
+
+
+def test_a_live_run_is_never_settled_and_is_named_as_holding_the_month(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    SpendLedger(path, clock=Clock(JAN), probe=Probe(pid=7)).begin_run("busy", per_run_usd=None,
+                                                                      monthly_usd=10.0)
+    ledger = SpendLedger(path, clock=Clock(JAN), probe=Probe(pid=8))
+    grant = ledger.begin_run("next", per_run_usd=None, monthly_usd=10.0)
+    assert grant.budget_usd == 0.0 and grant.healed == ()
+    assert [h.message() for h in grant.held_by] == [
+        "run busy is running (process 7 on this host, alive) and holds $10.000000"]
+    assert ledger.heal() == [] and ledger.run("busy").status == "running"  # type: ignore[union-attr]
+
+
+def test_a_failed_run_holding_the_month_is_named_with_the_reconcile_command(tmp_path: Path) -> None:
+    ledger = SpendLedger(tmp_path / "l.sqlite", clock=Clock(JAN), probe=Probe())
+    ledger.begin_run("crashed", per_run_usd=None, monthly_usd=10.0)
+    ledger.fail_run("crashed", "RuntimeError: boom")  # an exception: the reservation stays charged
+    grant = ledger.begin_run("next", per_run_usd=None, monthly_usd=10.0)
+    assert grant.budget_usd == 0.0
+    assert "tierembed budget reconcile crashed --billed-usd" in grant.held_by[0].message()
+
+
+def test_a_run_on_another_host_is_dead_only_once_its_heartbeat_is_stale(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    clock = Clock(JAN)
+    remote = SpendLedger(path, clock=clock, probe=Probe(host="h2", pid=7))
+    remote.begin_run("remote", per_run_usd=None, monthly_usd=10.0)
+    here = SpendLedger(path, clock=clock, probe=Probe(host="h1", pid=7), stale_after_s=600)
+    clock.now = JAN + timedelta(seconds=500)
+    assert remote.heartbeat("remote")
+    clock.now = JAN + timedelta(seconds=1000)  # 500 s since the beat: alive
+    assert here.heal() == []
+    clock.now = JAN + timedelta(seconds=1101)  # 601 s: dead
+    healed = here.heal()
+    assert [(h.run_id, h.owner) for h in healed] == [("remote", "process 7 on host h2")]
+    assert "no heartbeat since 2026-02-01T00:07:20+00:00" in healed[0].why
+    assert not remote.heartbeat("remote")  # the settled run learns it is no longer running
+
+
+def test_a_reused_pid_is_not_taken_for_the_run(tmp_path: Path) -> None:
+    ledger = SpendLedger(tmp_path / "l.sqlite", clock=Clock(JAN))  # the real probe
+    ledger.begin_run("mine", per_run_usd=None, monthly_usd=10.0)
+    assert ledger.heal() == []  # this process: alive
+    with sqlite3.connect(tmp_path / "l.sqlite") as conn:  # same pid, another process start time
+        conn.execute("UPDATE runs SET pid_start = 'earlier' WHERE run_id = 'mine'")
+    assert [h.why for h in ledger.heal()] == ["its process is gone"]
+
+
+def test_a_real_process_that_dies_mid_run_is_settled(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    code = (
+        "import os, sys\n"
+        "from store.ledger import SpendLedger, SpendLine\n"
+        f"ledger = SpendLedger({str(path)!r})\n"
+        "ledger.begin_run('child', per_run_usd=None, monthly_usd=5.0)\n"
+        "ledger.add_spend('child', SpendLine('api', 'te3', 'm', 2, 500, 0.02, 0.01))\n"
+        "os._exit(0)\n"  # dies without finishing the run, like a SIGKILL
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    ledger = SpendLedger(path)
+    assert ledger.run("child").status == "running"  # type: ignore[union-attr]
+    grant = ledger.begin_run("next", per_run_usd=None, monthly_usd=5.0)
+    assert grant.budget_usd == pytest.approx(4.99) and [h.run_id for h in grant.healed] == ["child"]
+    assert ledger.month_to_date() == pytest.approx(0.01)
+
+
+def test_budget_status_settles_dead_runs_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.cli import app
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = SpendLedger(path)
+    ledger.begin_run("gone", per_run_usd=None, monthly_usd=3.0)
+    ledger.add_spend("gone", _api(0.5))
+    with sqlite3.connect(path) as conn:  # its process: one that no longer exists
+        conn.execute("UPDATE runs SET pid = 2147483646 WHERE run_id = 'gone'")
+    monkeypatch.setenv("TIEREMBED_BUDGET__LEDGER_PATH", str(path))
+    monkeypatch.setenv("TIEREMBED_BUDGET__MONTHLY_USD", "3")
+    result = CliRunner().invoke(app, ["budget", "status"])
+    assert result.exit_code == 0, result.output
+    assert "settled now: run gone died without finishing (process 2147483646 on this host" in result.output
+    assert "month to date: $0.500000 charged" in result.output
+    assert "left for new runs: $2.500000" in result.output
+    again = json.loads(CliRunner().invoke(app, ["budget", "status", "--json"]).output)
+    assert again["settled_now"] == [] and again["committed_usd"] == pytest.approx(0.5)
+
+
+def test_a_run_stopped_by_a_signal_is_settled_at_its_recorded_spend(tmp_path: Path) -> None:
+    ledger = SpendLedger(tmp_path / "l.sqlite", clock=Clock(JAN), probe=Probe())
+    ledger.begin_run("stopped", per_run_usd=None, monthly_usd=10.0)
+    ledger.add_spend("stopped", _api(0.4))
+    record = ledger.fail_run("stopped", "stopped by a signal: KeyboardInterrupt", settle=True)
+    assert record.reserved_usd == 0 and record.cost_usd == pytest.approx(0.4)
+    assert ledger.month_spend().committed_usd == pytest.approx(0.4)
+
+
+def test_heartbeats_are_recorded_while_the_block_runs(tmp_path: Path) -> None:
+    import time
+
+    ledger = SpendLedger(tmp_path / "l.sqlite")
+    ledger.begin_run("beating", per_run_usd=None, monthly_usd=None)
+    first = ledger.run("beating").heartbeat_at  # type: ignore[union-attr]
+    with ledger.heartbeat_while("beating", 0.05):
+        deadline = time.monotonic() + 30
+        while ledger.run("beating").heartbeat_at == first and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.05)
+    assert ledger.run("beating").heartbeat_at != first  # type: ignore[union-attr]
+
+
+def test_a_schema_1_ledger_is_upgraded_and_its_open_runs_kept(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, month TEXT NOT NULL, started_at TEXT NOT NULL,"
+            " finished_at TEXT, status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),"
+            " source TEXT NOT NULL DEFAULT '', budget_usd REAL, reserved_usd REAL NOT NULL DEFAULT 0,"
+            " est_cost_usd REAL NOT NULL DEFAULT 0, cost_usd REAL NOT NULL DEFAULT 0,"
+            " error TEXT NOT NULL DEFAULT '');"
+            "INSERT INTO runs (run_id, month, started_at, status, reserved_usd)"
+            " VALUES ('old', '2026-01', '2026-01-31T23:00:00+00:00', 'running', 2.0);"
+            "PRAGMA user_version = 1;"
+        )
+    ledger = SpendLedger(path, clock=Clock(JAN))
+    assert ledger.heal() == []  # nothing says who ran it: left for `budget reconcile`
+    assert ledger.month_spend().reserved_usd == pytest.approx(2.0)
+    ledger.begin_run("new", per_run_usd=1.0, monthly_usd=None)
+    assert ledger.run("new").pid is not None  # type: ignore[union-attr]
