@@ -1,44 +1,34 @@
 """EmbedLocal: the local tier as a Beam stage (sentence-transformers, CUDA when present).
 
+What the model does lives in ``local_embedder`` (loading, precision per device, chunking
+by the real tokenizer) and ``local_batches`` (the hot loop: length-bucketed chunk batches,
+documents reassembled from their chunks); this module is how Beam runs it.
+
 The model is loaded once per worker process and shared by every DoFn instance there
-(``apache_beam.utils.shared.Shared``), when the first document arrives (never at graph
-construction, and not at all in a run where nothing goes to the local tier, e.g. a re-run
-over unchanged input).
-
-The hot loop works on chunks, not documents: documents are admitted a group at a time
-(``_ADMIT_DOCS``), cut into chunks whose real token counts come from one batched tokenizer
-call, and each chunk joins the open batch of its length bucket (``tiering.buckets``). A
-bucket that reaches ``local.batch_size`` chunks goes to the model as one batch of similar
-lengths (little padding, few distinct shapes); a document leaves as soon as its last chunk
-is embedded. ``finish_bundle`` embeds what is still waiting. Memory is bounded by the
-buckets, never by the corpus.
-
-A failing batch is retried chunk by chunk once to isolate the bad input (not a retry of a
-transient fault: local failures are deterministic); the document of a failing chunk becomes
-a dead letter, once, and none of its chunks is emitted.
+(``apache_beam.utils.shared.Shared``), when the first document arrives: never at graph
+construction, and not at all in a run where nothing goes to the local tier (a re-run over
+unchanged input). Documents arrive one by one (no ``BatchElements``: the buckets batch
+chunks of similar length, across documents); a document leaves as soon as its last chunk is
+embedded, and ``finish_bundle`` embeds what is still waiting. A document whose chunk the
+model cannot embed becomes one dead letter (see ``local_batches``); no retries: local
+failures are deterministic.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-import traceback
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import apache_beam as beam
-import numpy as np
-import numpy.typing as npt
 from apache_beam import pvalue
 from apache_beam.utils import shared
 
+from beam_pipeline.local_batches import BucketedEncoder, Failed, Finished
 from beam_pipeline.local_embedder import LoadedLocalModel, LocalModelSpec, load_local_model
 from beam_pipeline.records import doc_payload, make_embedded
 from beam_pipeline.sinks.bundles import in_global_window
 from beam_pipeline.tagged import TaggedOutputsTransform
 from beam_pipeline.validate import DEAD_LETTERS
-from tiering.buckets import LengthBuckets, bucket_width
-from tiering.chunking import aggregate_vectors
 from tiering.documents import DeadLetter, EmbeddedDocument, RoutedDocument, Tier
 
 __all__ = ["EmbedLocal"]
@@ -46,17 +36,6 @@ __all__ = ["EmbedLocal"]
 _log = logging.getLogger(__name__)
 _SHARED_MODELS = shared.Shared()
 STAGE = "embed"
-_ADMIT_DOCS = 64  # documents tokenized together: one tokenizer call, not one per document
-
-
-@dataclass
-class _InFlight:
-    """A document whose chunks are in the buckets; vectors fill in as batches finish."""
-
-    routed: RoutedDocument
-    texts: list[str]
-    vectors: list[npt.NDArray[np.float32] | None] = field(default_factory=list)
-    left: int = 0
 
 
 class _Counters:
@@ -76,14 +55,9 @@ class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
         self._spec = spec
         self._version = version
         self._model: LoadedLocalModel | None = None
-        self._init_bundle()
-
-    def _init_bundle(self) -> None:
-        self._admit: list[RoutedDocument] = []
-        self._docs: dict[int, _InFlight] = {}
-        self._chunk_of: dict[int, tuple[int, int]] = {}  # chunk key -> (doc key, chunk index)
+        self._encoder: BucketedEncoder[int] | None = None
+        self._routed: dict[int, RoutedDocument] = {}
         self._next = 0
-        self._buckets: LengthBuckets[int] | None = None
 
     def setup(self) -> None:
         self._counters = _Counters(self._version)
@@ -95,119 +69,42 @@ class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
         return self._model
 
     def start_bundle(self) -> None:
-        self._init_bundle()
+        self._encoder, self._routed, self._next = None, {}, 0
 
     def process(self, routed: RoutedDocument) -> Iterator[object]:
-        self._admit.append(routed)
-        if len(self._admit) >= _ADMIT_DOCS:
-            yield from self._admit_waiting()
+        if self._encoder is None:
+            self._encoder = BucketedEncoder(self._loaded(), self._spec.batch_size)
+        self._next += 1
+        self._routed[self._next] = routed
+        yield from self._emit(self._encoder.add(self._next, routed.scored.document.text))
 
     def finish_bundle(self) -> Iterator[object]:
-        out = list(self._admit_waiting())
-        if self._buckets is not None:
-            for batch in self._buckets.drain():
-                out += self._run(batch)
-        assert not self._docs, f"{len(self._docs)} documents left unfinished"
-        for item in out:
+        if self._encoder is None:
+            return
+        for item in self._emit(self._encoder.flush()):
             yield in_global_window(item)
 
-    # -- admission: chunk and bucket ------------------------------------------------------
-
-    def _admit_waiting(self) -> Iterator[object]:
-        docs, self._admit = self._admit, []
-        if not docs:
-            return
-        model = self._loaded()
-        if self._buckets is None:
-            self._buckets = LengthBuckets(self._spec.batch_size, bucket_width(model.max_tokens))
-        try:
-            chunked = model.chunk_many([r.scored.document.text for r in docs])
-        except Exception:  # noqa: BLE001 - find the document the tokenizer cannot take
-            chunked = []
-            for routed in docs:
-                try:
-                    chunked += model.chunk_many([routed.scored.document.text])
-                except Exception:  # noqa: BLE001
-                    chunked.append([])
-                    yield self._dead(routed)
-        for routed, chunks in zip(docs, chunked, strict=True):
-            if chunks:
-                yield from self._bucket(routed, chunks)
-
-    def _bucket(self, routed: RoutedDocument, chunks: list[tuple[str, int]]) -> Iterator[object]:
-        assert self._buckets is not None
-        key = self._next
-        self._next += 1
-        self._docs[key] = _InFlight(routed, [c for c, _ in chunks], [None] * len(chunks), len(chunks))
-        for index, (_, n_tokens) in enumerate(chunks):
-            chunk_key = self._next
-            self._next += 1
-            self._chunk_of[chunk_key] = (key, index)
-            full = self._buckets.add(chunk_key, n_tokens)
-            if full is not None:
-                yield from self._run(full)
-
-    # -- the model call -------------------------------------------------------------------
-
-    def _run(self, batch: list[int]) -> list[object]:
-        """Embed one batch of chunk keys; return the documents it finished (and dead letters)."""
-        live = [k for k in batch if self._chunk_of[k][0] in self._docs]
-        texts = [self._text(k) for k in live]
-        out: list[object] = []
-        try:
-            vectors: Iterable[npt.NDArray[np.float32] | None] = self._encode(texts)
-        except Exception:  # noqa: BLE001 - isolate the failing chunk, then dead-letter its document
-            vectors = [self._encode_one(k, t, out) for k, t in zip(live, texts, strict=True)]
-        for chunk_key, vector in zip(live, vectors, strict=True):
-            doc_key, index = self._chunk_of.pop(chunk_key)
-            doc = self._docs.get(doc_key)
-            if doc is None or vector is None:
+    def _emit(self, results: list[Finished[int] | Failed[int]]) -> Iterator[object]:
+        for result in results:
+            routed = self._routed.pop(result.key)
+            if isinstance(result, Failed):
+                yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead(routed, result))
                 continue
-            doc.vectors[index] = vector
-            doc.left -= 1
-            if doc.left == 0:
-                out.append(self._finish(self._docs.pop(doc_key)))
-        for chunk_key in set(batch) - set(live):
-            self._chunk_of.pop(chunk_key, None)
-        return out
+            embedded = make_embedded(routed, self._spec.model, result.vector, result.n_chunks)
+            c = self._counters
+            c.embedded.inc()
+            c.chunks.inc(embedded.n_chunks)
+            c.tokens.inc(embedded.est_tokens)
+            if embedded.n_chunks > 1:
+                c.chunked.inc()
+            yield embedded
 
-    def _text(self, chunk_key: int) -> str:
-        doc_key, index = self._chunk_of[chunk_key]
-        return self._docs[doc_key].texts[index]
-
-    def _encode(self, texts: list[str]) -> list[npt.NDArray[np.float32]]:
-        vectors = self._loaded().encode(texts)
-        if len(vectors) != len(texts):
-            raise RuntimeError(f"the model returned {len(vectors)} vectors for {len(texts)} inputs")
-        return list(vectors)
-
-    def _encode_one(self, chunk_key: int, text: str, out: list[object]) -> npt.NDArray[np.float32] | None:
-        doc_key, _ = self._chunk_of[chunk_key]
-        if doc_key not in self._docs:  # an earlier chunk of this document failed
-            return None
-        try:
-            return self._encode([text])[0]
-        except Exception:  # noqa: BLE001
-            out.append(self._dead(self._docs.pop(doc_key).routed))
-            return None
-
-    def _finish(self, doc: _InFlight) -> EmbeddedDocument:
-        vectors = doc.vectors
-        embedded = make_embedded(doc.routed, self._spec.model, aggregate_vectors(np.stack(vectors)), len(vectors))
-        c = self._counters
-        c.embedded.inc()
-        c.chunks.inc(embedded.n_chunks)
-        c.tokens.inc(embedded.est_tokens)
-        if embedded.n_chunks > 1:
-            c.chunked.inc()
-        return embedded
-
-    def _dead(self, routed: RoutedDocument) -> pvalue.TaggedOutput:
-        exc = sys.exc_info()[1]
+    def _dead(self, routed: RoutedDocument, failed: Failed[int]) -> DeadLetter:
+        exc = failed.error
         _log.warning("local embedding failed for %s: %s", routed.id, exc)
         self._counters.dead.inc()
         doc = routed.scored.document
-        return pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter(
+        return DeadLetter(
             stage=STAGE,
             error_type=type(exc).__name__,
             message=f"document {doc.id!r}: local model {self._version} failed: {exc}; "
@@ -218,8 +115,8 @@ class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
             payload=doc_payload(routed),
             tier=Tier.LOCAL.value,
             model_version=self._version,
-            extra=(("traceback", traceback.format_exc(limit=3)[-2000:]),),
-        ))
+            extra=(("traceback", failed.traceback),),
+        )
 
 
 class EmbedLocal(TaggedOutputsTransform):

@@ -134,7 +134,11 @@ class LoadedLocalModel:
         self.model = SentenceTransformer(path, device=self.device)
         self._cast_weights()
         self.max_tokens = min(spec.max_input_tokens, int(self.model.max_seq_length))
-        self.dimension = int(self.model.get_embedding_dimension())
+        # sentence-transformers >= 6 names it get_embedding_dimension; 3.x-5.x (allowed by
+        # pyproject) only have get_sentence_embedding_dimension
+        dimension = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self.dimension = int(dimension())
         self.tokenizer = self.model.tokenizer
         _log.info("local model %s loaded on %s in %s (%d dims, %d max tokens)",
                   spec.model, self.device, self.precision, self.dimension, self.max_tokens)
@@ -146,6 +150,8 @@ class LoadedLocalModel:
             self.model.half()
         elif self.precision == "bf16":
             self.model.to(torch.bfloat16)
+        else:  # fp32 and bf16 autocast compute from fp32 weights, whatever the checkpoint holds
+            self.model.float()
 
     def _autocast(self) -> AbstractContextManager[Any]:
         import torch

@@ -122,7 +122,7 @@ def test_a_document_with_one_failing_chunk_is_dead_lettered_once_and_never_emitt
     embedded = sorted(o.document.id for o in out if isinstance(o, EmbeddedDocument))
     dead = [o.value.doc_id for o in out if isinstance(o, pvalue.TaggedOutput)]
     assert embedded == [f"s{i}" for i in range(5)] and dead == ["L"]
-    assert fn._docs == {} and fn._chunk_of == {}  # nothing left waiting
+    assert fn._routed == {}  # nothing left waiting
 
 
 def test_batches_hold_chunks_of_one_length_bucket_and_documents_reassemble() -> None:
