@@ -2,8 +2,16 @@
 
 Loading is lazy (``load_local_model``) so importing this module or building the pipeline
 graph never imports torch. Chunks are sized by the conservative estimate, then re-checked
-with the model's real tokenizer, so nothing is truncated silently by the model.
+with the model's real tokenizer (one batched call for many documents), so nothing is
+truncated silently by the model; the real token counts also place each chunk in its length
+bucket (see ``tiering.buckets``).
 No retries on this path: a local failure is deterministic and goes to the dead-letter output.
+
+Precision per device (``local.precision: auto``): fp16 weights on CUDA; on the CPU, bf16
+autocast only where the CPU multiplies bf16 natively (x86 ``avx512_bf16`` / ``amx_bf16``,
+Arm ``bf16``), else fp32. Without those instructions torch emulates bf16 and is several
+times SLOWER than fp32 (measured here: an AVX2-only AMD EPYC ran MiniLM 7x slower in
+bf16 autocast than in fp32; see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import numpy.typing as npt
 from tiering.chunking import chunk_text, split_to_fit
 from tiering.errors import ConfigError
 
-__all__ = ["LocalModelSpec", "LoadedLocalModel", "resolve_model_path", "load_local_model", "precision_plan"]
+__all__ = ["LocalModelSpec", "LoadedLocalModel", "resolve_model_path", "load_local_model", "precision_plan",
+           "cpu_has_native_bf16"]
 
 _log = logging.getLogger(__name__)
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
@@ -35,6 +44,7 @@ class LocalModelSpec:
     precision: str
     batch_size: int
     max_input_tokens: int
+    threads: int | None = None  # torch CPU threads in this worker; None = torch's default
 
 
 def resolve_model_path(name: str) -> str:
@@ -61,21 +71,48 @@ def _pick_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def precision_plan(device: str, precision: str) -> str:
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 (2), Arm (1)
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 in hardware (from ``/proc/cpuinfo``'s flags).
+
+    Not Linux, or unreadable: False (fp32 is the safe choice: never slower than emulated
+    bf16). torch exposes the same facts only through private functions.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _BF16_CPU_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def precision_plan(device: str, precision: str, cpu_bf16: bool | None = None) -> str:
     """How ``local.precision`` applies on ``device``: 'fp32' (as loaded), 'fp16' or 'bf16'
     (weights cast), or 'bf16-autocast' (CPU: fp32 weights, bf16 matmuls).
 
+    ``auto`` on the CPU is bf16 autocast only where ``cpu_bf16`` (default: this CPU has
+    native bf16, :func:`cpu_has_native_bf16`), else fp32; an explicit 'bf16' is obeyed.
     fp16 on CPU is refused rather than ignored: torch runs few CPU kernels in half precision
-    (slow where present, missing elsewhere), and bf16 autocast is the fast CPU choice.
+    (slow where present, missing elsewhere).
     """
     if device == "cpu":
         if precision == "fp16":
             raise ConfigError(
                 "local.precision 'fp16' is not supported on the CPU (local.device resolved to "
-                "'cpu'); use 'bf16' (bf16 autocast, the fast CPU choice), 'fp32' or 'auto'",
+                "'cpu'); use 'auto' (bf16 autocast where the CPU has native bf16, else fp32), "
+                "'bf16' or 'fp32'",
                 stage="embed",
             )
-        return "bf16-autocast" if precision in ("auto", "bf16") else "fp32"
+        if precision == "auto":
+            native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
+            return "bf16-autocast" if native else "fp32"
+        return "bf16-autocast" if precision == "bf16" else "fp32"
     if precision == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     return precision
@@ -85,8 +122,11 @@ class LoadedLocalModel:
     """A loaded model plus the chunk-and-aggregate logic around it."""
 
     def __init__(self, spec: LocalModelSpec) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         self.spec = spec
         self.device = _pick_device(spec.device)
         self.precision = precision_plan(self.device, spec.precision)
@@ -94,7 +134,11 @@ class LoadedLocalModel:
         self.model = SentenceTransformer(path, device=self.device)
         self._cast_weights()
         self.max_tokens = min(spec.max_input_tokens, int(self.model.max_seq_length))
-        self.dimension = int(self.model.get_embedding_dimension())
+        # sentence-transformers >= 6 names it get_embedding_dimension; 3.x-5.x (allowed by
+        # pyproject) only have get_sentence_embedding_dimension
+        dimension = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self.dimension = int(dimension())
         self.tokenizer = self.model.tokenizer
         _log.info("local model %s loaded on %s in %s (%d dims, %d max tokens)",
                   spec.model, self.device, self.precision, self.dimension, self.max_tokens)
@@ -106,6 +150,8 @@ class LoadedLocalModel:
             self.model.half()
         elif self.precision == "bf16":
             self.model.to(torch.bfloat16)
+        else:  # fp32 and bf16 autocast compute from fp32 weights, whatever the checkpoint holds
+            self.model.float()
 
     def _autocast(self) -> AbstractContextManager[Any]:
         import torch
@@ -118,9 +164,34 @@ class LoadedLocalModel:
         return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
     def chunk(self, text: str) -> list[str]:
+        return [c for c, _ in self.chunk_many([text])[0]]
+
+    def chunk_many(self, texts: Sequence[str]) -> list[list[tuple[str, int]]]:
+        """Each text's chunks with their real token counts (special tokens included).
+
+        Chunks are cut by the conservative estimate, then ALL of them are counted by the
+        real tokenizer in one batched call; the rare chunk still over the limit is re-split
+        with exact counts.
+        """
         budget = self.max_tokens - _SPECIAL_TOKENS
-        rough = chunk_text(text, budget)
-        return split_to_fit(rough, self.max_tokens, self.count_tokens)
+        rough = [chunk_text(t, budget) for t in texts]
+        flat = [c for chunks in rough for c in chunks]
+        counts = [len(ids) for ids in self.tokenizer(flat, add_special_tokens=True,
+                                                      truncation=False)["input_ids"]] if flat else []
+        out: list[list[tuple[str, int]]] = []
+        pos = 0
+        for chunks in rough:
+            mine: list[tuple[str, int]] = []
+            for chunk in chunks:
+                n = counts[pos]
+                pos += 1
+                if n <= self.max_tokens:
+                    mine.append((chunk, n))
+                else:
+                    mine += [(c, self.count_tokens(c))
+                             for c in split_to_fit([chunk], self.max_tokens, self.count_tokens)]
+            out.append(mine)
+        return out
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """L2-normalized float32 vectors, one row per text."""

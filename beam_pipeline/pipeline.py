@@ -1,8 +1,10 @@
 """The one Beam pipeline of a tierembed run.
 
 ```
-ReadDocuments -> ValidateDocuments -> ScoreDocuments -> PlanBudget (side input)
-  -> RouteByTier -> per "<tier>/<version>" branch: EmbedLocal | EmbedApi (fallback -> local)
+ReadDocuments -> ValidateDocuments -> ScoreDocuments
+  -> SkipUnchanged (join by id with ReadStoredHashes: the store's (id, version, hash) rows)
+  -> PlanBudget (side input) -> RouteByTier
+  -> per "<tier>/<version>" branch: EmbedLocal | EmbedApi (fallback -> local)
   -> WriteEmbeddings (LanceDB | Weaviate) ; every stage's dead letters -> WriteDeadLetters
 ```
 
@@ -28,10 +30,11 @@ from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
 from beam_pipeline.embed_local import EmbedLocal
 from beam_pipeline.local_embedder import LocalModelSpec
 from beam_pipeline.normalize import NormalizeScores
-from beam_pipeline.plan import ExistingHashes, PlanBudget
+from beam_pipeline.plan import PlanBudget
 from beam_pipeline.read import ReadDocuments
 from beam_pipeline.route import RouteByTier, branch_tag
 from beam_pipeline.score import ScoreDocuments
+from beam_pipeline.skip_unchanged import ReadStoredHashes, SkipUnchanged
 from beam_pipeline.sinks import LanceDBSinkConfig, SinkConfig, WriteEmbeddings
 from beam_pipeline.telemetry import RecordDeadLetters, telemetry_context
 from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
@@ -53,6 +56,8 @@ __all__ = [
     "routing_policy",
     "api_prices",
     "sink_config",
+    "worker_share",
+    "local_threads",
     "build_pipeline",
     "run_pipeline",
 ]
@@ -86,7 +91,7 @@ class PipelineSpec:
     run_id: str
     budget_usd: float | None
     api: ResolvedApi
-    existing_hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    full_refresh: bool = False  # re-embed unchanged documents too: the store is not read
     registry: Registry | None = None
     """The version registry at the start of the run: live weights and shadow samples."""
     backfill: str | None = None
@@ -123,15 +128,31 @@ def sink_config(settings: TierembedSettings) -> SinkConfig:
     raise ConfigError(f"unknown sink.kind {settings.sink.kind!r}; use 'lancedb' or 'weaviate'")
 
 
+def _direct_workers(settings: TierembedSettings) -> int:
+    """Worker processes or threads the local runner runs at once (1 in memory, or elsewhere)."""
+    ps = settings.pipeline
+    if ps.runner in _LOCAL_RUNNERS and ps.direct_running_mode != "in_memory":
+        return ps.direct_num_workers or os.cpu_count() or 1
+    return 1
+
+
 def worker_share(settings: TierembedSettings) -> float:
     """Each API worker's share of the rate limits and the run budget."""
     if settings.api.worker_share is not None:
         return settings.api.worker_share
+    return 1.0 / _direct_workers(settings)
+
+
+def local_threads(settings: TierembedSettings) -> int | None:
+    """torch CPU threads per local-model worker: ``local.cpu_threads``, else the cores split
+    evenly between the local runner's worker processes (so N workers x torch's default of
+    all cores never oversubscribe the machine), else torch's default."""
+    if settings.local.cpu_threads is not None:
+        return settings.local.cpu_threads
     ps = settings.pipeline
-    if ps.runner in _LOCAL_RUNNERS and ps.direct_running_mode != "in_memory":
-        workers = ps.direct_num_workers or os.cpu_count() or 1
-        return 1.0 / workers
-    return 1.0
+    if ps.runner in _LOCAL_RUNNERS and ps.direct_running_mode == "multi_processing":
+        return max(1, (os.cpu_count() or 1) // _direct_workers(settings))
+    return None
 
 
 def _budget_share(policy: RoutingPolicy, version: str) -> float:
@@ -211,16 +232,23 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     per_token = {v: float(pr.per_token) for v, pr in prices.items()}
     telemetry = telemetry_context(s, spec.run_id, spec.api.provider)
 
+    from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
+
+    sink = sink_config(s)
+    assert isinstance(sink, LanceDBSinkConfig | WeaviateSinkConfig), type(sink)
+
     raw = p | "ReadDocuments" >> ReadDocuments(spec.source, s.input.format, s.input.max_record_bytes)
     valid = raw | "ValidateDocuments" >> ValidateDocuments(rules)
     scored = valid["documents"] | "ScoreDocuments" >> ScoreDocuments(s.routing.classifier_path)
     if uses_rank_normalization(s.routing.score_normalization, s.routing.classifier_path):
         scored = scored | "NormalizeScores" >> NormalizeScores()
-    existing = p | "ExistingHashes" >> beam.Create([spec.existing_hashes]).with_output_types(ExistingHashes)
-    plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd, existing)
     declared = [(Tier.LOCAL, m.version) for m in s.local.models]
     declared += [(Tier.API, m.version) for m in s.api.models]
-    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, existing, declared)
+    if not spec.full_refresh:
+        stored = p | "ReadStoredHashes" >> ReadStoredHashes(sink, [v for _, v in declared])
+        scored = scored | "SkipUnchanged" >> SkipUnchanged(stored)
+    plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd)
+    routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, declared)
 
     dead = [valid[DEAD_LETTERS]]
     embedded = []
@@ -243,18 +271,12 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
             f"LocalInput[{m.version}]" >> beam.Flatten()
         )
         lspec = LocalModelSpec(m.model, s.local.device, s.local.precision, s.local.batch_size,
-                               m.max_input_tokens)
-        out = branch_in | f"EmbedLocal[{m.version}]" >> EmbedLocal(
-            lspec, m.version, s.local.min_batch_docs, s.local.max_batch_docs
-        )
+                               m.max_input_tokens, local_threads(s))
+        out = branch_in | f"EmbedLocal[{m.version}]" >> EmbedLocal(lspec, m.version)
         embedded.append(out["embedded"])
         dead.append(out[DEAD_LETTERS])
 
     all_embedded = tuple(embedded) | "FlattenEmbedded" >> beam.Flatten()
-    from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig
-
-    sink = sink_config(s)
-    assert isinstance(sink, LanceDBSinkConfig | WeaviateSinkConfig), type(sink)
     sink = replace(sink, telemetry=telemetry)  # every writer reports documents written and progress
     written = all_embedded | "WriteEmbeddings" >> WriteEmbeddings(sink)
     dead.append(written["dead_letters"])

@@ -16,10 +16,7 @@ from tiering.budget import BudgetPlan, PlanAccumulator, PlanItem, priority_key
 from tiering.documents import ScoredDocument
 from tiering.routing import RoutingPolicy, api_version_for, wants_api
 
-__all__ = ["PlanBudget", "estimated_api_cost", "ExistingHashes"]
-
-# model version -> document id -> content hash already in the store
-ExistingHashes = dict[str, dict[str, str]]
+__all__ = ["PlanBudget", "estimated_api_cost"]
 
 
 def estimated_api_cost(
@@ -50,18 +47,18 @@ class _PlanCombineFn(beam.CombineFn):  # type: ignore[misc]
         return acc.plan()
 
 
-@beam.typehints.with_input_types(ScoredDocument, existing=ExistingHashes)
+@beam.typehints.with_input_types(ScoredDocument)
 @beam.typehints.with_output_types(PlanItem)
 class _PlanItemsFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, policy: RoutingPolicy, price_per_token: dict[str, float]) -> None:
         self._policy = policy
         self._prices = price_per_token
 
-    def process(self, scored: ScoredDocument, existing: ExistingHashes) -> Iterator[PlanItem]:
+    def process(self, scored: ScoredDocument) -> Iterator[PlanItem]:
         version = api_version_for(scored.document.id, self._policy)
         if version is not None and wants_api(scored.document, scored.score, self._policy):
             # unchanged documents are already embedded by this version and cost nothing
-            if existing.get(version, {}).get(scored.document.id) != scored.document.hash:
+            if version not in scored.unchanged:
                 cost = estimated_api_cost(scored, self._policy, self._prices)
                 yield PlanItem(priority_key(scored.document.id, scored.score, cost), cost)
 
@@ -74,23 +71,15 @@ class PlanBudget(beam.PTransform):  # type: ignore[misc]
         policy: RoutingPolicy,
         price_per_token: dict[str, float],
         budget_usd: float | None,
-        existing: beam.PCollection[ExistingHashes] | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.prices = price_per_token
         self.budget_usd = budget_usd
-        self.existing = existing
 
     def expand(self, scored: beam.PCollection[ScoredDocument]) -> beam.PCollection[BudgetPlan]:
-        existing = self.existing
-        if existing is None:
-            none: ExistingHashes = {}
-            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([none]).with_output_types(
-                ExistingHashes)
         return (
             scored
-            | "PlanItems" >> beam.ParDo(_PlanItemsFn(self.policy, self.prices),
-                                        existing=beam.pvalue.AsSingleton(existing))
+            | "PlanItems" >> beam.ParDo(_PlanItemsFn(self.policy, self.prices))
             | "Plan" >> beam.CombineGlobally(_PlanCombineFn(self.budget_usd))
         )

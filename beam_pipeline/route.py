@@ -3,10 +3,11 @@
 The decision itself is the pure ``tiering.routing.decide_route``; this DoFn only feeds it the
 budget plan (a side input) and tags the result with ``"<tier>/<version>"``.
 
-SkipUnchanged happens here too: a target (document, model version) whose content hash the
-store already holds for that version is dropped, so unchanged documents cost nothing on
-re-runs; a document with no target left is counted as ``skipped_unchanged``. The hashes
-arrive as a side input read from the store before the run (empty on ``--full-refresh``).
+Unchanged targets are dropped here: a target (document, model version) whose content hash
+the store already holds for that version (``ScoredDocument.unchanged``, set by the
+SkipUnchanged join in ``beam_pipeline.skip_unchanged``; empty on ``--full-refresh``) is not
+embedded again, so unchanged documents cost nothing on re-runs; a document with no target
+left is counted as ``skipped_unchanged``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 from apache_beam import pvalue
 
-from beam_pipeline.plan import ExistingHashes, estimated_api_cost
+from beam_pipeline.plan import estimated_api_cost
 from beam_pipeline.tagged import TaggedOutputsTransform
 from tiering.budget import BudgetPlan, priority_key
 from tiering.documents import RoutedDocument, ScoredDocument, Tier
@@ -41,19 +42,17 @@ def branch_tags(policy: RoutingPolicy, declared: Iterable[tuple[Tier, str]] = ()
     return list(dict.fromkeys(tags))
 
 
-@beam.typehints.with_input_types(ScoredDocument, plan=BudgetPlan, existing=ExistingHashes)
+@beam.typehints.with_input_types(ScoredDocument, plan=BudgetPlan)
 class _RouteFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, policy: RoutingPolicy, price_per_token: dict[str, float]) -> None:
         self._policy = policy
         self._prices = price_per_token
 
-    def process(
-        self, scored: ScoredDocument, plan: BudgetPlan, existing: ExistingHashes
-    ) -> Iterator[object]:
+    def process(self, scored: ScoredDocument, plan: BudgetPlan) -> Iterator[object]:
         doc = scored.document
         cost = estimated_api_cost(scored, self._policy, self._prices)
         key = priority_key(doc.id, scored.score, cost)
-        unchanged = frozenset(v for v, hashes in existing.items() if hashes.get(doc.id) == doc.hash)
+        unchanged = frozenset(scored.unchanged)
         decision = decide_route(doc, scored.score, key, self._policy, plan, unchanged)
         targets = [t for t in decision.targets if t[1] not in unchanged]
         # coverage mode: the local vector exists (or is being made), so an API target that
@@ -91,26 +90,18 @@ class RouteByTier(TaggedOutputsTransform):
         policy: RoutingPolicy,
         price_per_token: dict[str, float],
         plan: beam.PCollection[BudgetPlan],
-        existing: beam.PCollection[ExistingHashes] | None = None,
         declared: Iterable[tuple[Tier, str]] = (),
     ) -> None:
         super().__init__()
         self.policy = policy
         self.prices = price_per_token
         self.plan = plan
-        self.existing = existing
         self.declared = tuple(declared)
 
     def expand(self, scored: beam.PCollection[ScoredDocument]) -> dict[str, beam.PCollection]:
         tags = branch_tags(self.policy, self.declared)
-        existing = self.existing
-        if existing is None:
-            none: ExistingHashes = {}
-            existing = scored.pipeline | "NoExistingHashes" >> beam.Create([none]).with_output_types(
-                ExistingHashes)
         outputs = scored | "Route" >> beam.ParDo(
             _RouteFn(self.policy, self.prices),
             plan=pvalue.AsSingleton(self.plan),
-            existing=pvalue.AsSingleton(existing),
         ).with_output_types(RoutedDocument, **{tag: RoutedDocument for tag in tags}).with_outputs(*tags)
         return {tag: outputs[tag] for tag in tags}

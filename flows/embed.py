@@ -45,27 +45,10 @@ from tiering.outcome import OutcomePolicy, RunStatus, run_outcome
 from tiering.report import RunReport, build_report
 from tiering.settings import TierembedSettings, load_settings
 
-__all__ = ["embed_documents", "run_embedding", "new_run_id", "existing_hashes", "RunIncomplete",
-           "flow_state"]
+__all__ = ["embed_documents", "run_embedding", "new_run_id", "RunIncomplete", "flow_state"]
 
 _ = prefect  # imported for its side effect on logging order
 _log = logging.getLogger(__name__)
-
-
-def existing_hashes(settings: TierembedSettings) -> dict[str, dict[str, str]]:
-    """Content hashes the store holds per configured model version (for SkipUnchanged)."""
-    versions = [m.version for m in settings.local.models] + [m.version for m in settings.api.models]
-    if settings.sink.kind == "weaviate":
-        from beam_pipeline.sinks.weaviate_sink import WeaviateSinkConfig, WeaviateStore
-
-        # one scan of the collection for all versions (Weaviate's cursor cannot filter)
-        with WeaviateStore(WeaviateSinkConfig.from_settings(settings.sink, versions)) as wv:
-            return wv.existing_hashes_by_version(versions)
-    from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
-
-    lc = settings.sink.lancedb
-    store = LanceDBStore(LanceDBSinkConfig(lc.uri, lc.table_prefix))
-    return {v: store.existing_hashes(v) for v in versions}
 
 
 def new_run_id() -> str:
@@ -125,10 +108,11 @@ def run_embedding(
     started = time.monotonic()
     _, versions = open_registry(settings, by=f"run {run_id}")
     with resolve_endpoint(settings.api) as api:
-        existing = {} if full_refresh else existing_hashes(settings)
         grant = ledger.begin_run(run_id, per_run_usd=per_run, monthly_usd=settings.budget.monthly_usd,
                                  source=source, month_to_date_usd=month_to_date_usd)
-        spec = PipelineSpec(settings, source, run_id, grant.budget_usd, api, existing, versions, backfill)
+        # skip-unchanged is a join inside the pipeline (the store's rows are read there)
+        spec = PipelineSpec(settings, source, run_id, grant.budget_usd, api, full_refresh=full_refresh,
+                            registry=versions, backfill=backfill)
         telemetry = RunTelemetry(settings, run_id)
         telemetry.begin(grant, api.provider, source)  # budget gauges, progress artifact
         # Inside a flow run the pipeline is a visible task; elsewhere (tests, scripts) a call.

@@ -58,13 +58,18 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class ScoredDocument:
-    """A document with its value score in [0, 1] from the cheap classifier."""
+    """A document with its value score in [0, 1] from the cheap classifier.
+
+    ``unchanged`` names the model versions whose stored vector was embedded from this exact
+    text (SkipUnchanged sets it from the store): those targets cost nothing and are skipped.
+    """
 
     document: Document
     score: float
     est_tokens: int
     raw_score: float | None = None
     """The classifier's own score when ``score`` was rank-normalised within the run."""
+    unchanged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from beam_pipeline.records import document_payload
 from beam_pipeline.sinks.bundles import BufferedUpsert, in_global_window
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
+from store.stored_hashes import StoredHash, weaviate_hash_pages
 from tiering.documents import DeadLetter, EmbeddedDocument
 from tiering.errors import ConfigError, TerminalError, TransientError
 from tiering.settings import SinkSettings, sanitize_identifier
@@ -379,24 +380,24 @@ class WeaviateStore:
         return self.existing_hashes_by_version([version])[version]
 
     def existing_hashes_by_version(self, versions: Iterable[str]) -> dict[str, dict[str, str]]:
-        """{version: {doc id: content hash}} in ONE pass over the collection.
+        """{version: {doc id: content hash}} in ONE pass over the collection, in memory.
 
-        Weaviate's cursor (``after``) cannot be combined with a filter, and offset paging
-        stops at QUERY_MAXIMUM_RESULTS, so the scan reads every object's three small
-        properties once and keeps the versions asked for.
+        For tools and tests; the pipeline joins the rows instead (``beam_pipeline.skip_unchanged``).
         """
+        versions = list(versions)
         out: dict[str, dict[str, str]] = {v: {} for v in versions}
+        for page in self.stored_hash_pages(versions):
+            for row in page:
+                out[row.model_version][row.doc_id] = row.content_hash
+        return out
+
+    def stored_hash_pages(self, versions: Iterable[str]) -> Iterator[list[StoredHash]]:
+        """The (document, version, content hash) rows of ``versions``, page by page, in ONE
+        pass over the collection (see ``store.stored_hashes.weaviate_hash_pages``)."""
         with self._reading("reading content hashes"):
             if not self._client.collections.exists(self.config.collection):
-                return out
-            for obj in self._collection.iterator(
-                return_properties=["doc_id", "model_version", "content_hash"], cache_size=1000
-            ):
-                props = obj.properties
-                bucket = out.get(str(props.get("model_version")))
-                if bucket is not None:
-                    bucket[str(props["doc_id"])] = str(props.get("content_hash") or "")
-        return out
+                return
+            yield from weaviate_hash_pages(self._collection, versions)
 
     def search(self, version: str, vector: Sequence[float], k: int) -> list[SearchHit]:
         """Nearest documents in ``version``'s own space; score = cosine similarity."""

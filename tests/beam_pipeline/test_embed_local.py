@@ -10,7 +10,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from beam_pipeline.embed_local import EmbedLocal, _LocalEmbedFn
-from beam_pipeline.local_embedder import LocalModelSpec, load_local_model, precision_plan
+from beam_pipeline.local_embedder import (
+    LocalModelSpec,
+    cpu_has_native_bf16,
+    load_local_model,
+    precision_plan,
+)
 from beam_pipeline.validate import DEAD_LETTERS
 from tiering.chunking import estimate_tokens
 from tiering.documents import Document, EmbeddedDocument, RoutedDocument, ScoredDocument, Tier
@@ -29,7 +34,7 @@ def test_local_tier_embeds_chunks_long_documents_and_matches_the_model() -> None
     long = " ".join(["The annual market report covers rents, yields and zoning in detail."] * 120)
     with TestPipeline() as p:
         out = (p | beam.Create([routed("s", short), routed("l", long)])
-               | EmbedLocal(SPEC, "v1", 1, 8))
+               | EmbedLocal(SPEC, "v1"))
 
         def check(docs: list) -> None:  # type: ignore[type-arg]
             by_id = {d.document.id: d for d in docs}
@@ -57,41 +62,116 @@ def test_chunks_never_exceed_the_model_limit_by_real_tokenizer() -> None:
     assert max(model.count_tokens(c) for c in chunks) <= model.max_tokens
 
 
-class _HalfBatchModel:
-    """Gives one vector fewer than asked for when 'bad' is in the batch: the batch fails
-    only after its first document was embedded."""
+class _FakeModel:
+    """Records each batch; 'bad' in a batch makes it return one vector fewer (the batch
+    fails only after its first inputs were embedded). Token count = words + 2."""
 
-    def chunk(self, text: str) -> list[str]:
-        return [text]
+    max_tokens = 64
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def chunk_many(self, texts: list[str]) -> list[list[tuple[str, int]]]:
+        out = []
+        for text in texts:
+            words = text.split()
+            pieces = [" ".join(words[i:i + 40]) for i in range(0, len(words), 40)] or [text]
+            out.append([(p, len(p.split()) + 2) for p in pieces])
+        return out
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        n = len(texts) - 1 if "bad" in texts else len(texts)
-        return np.ones((n, 4), dtype=np.float32)
+        self.batches.append(list(texts))
+        n = len(texts) - 1 if any("bad" in t for t in texts) else len(texts)
+        return np.stack([np.eye(4, dtype=np.float32)[len(t.split()) % 4] for t in texts[:n]]) if n \
+            else np.zeros((0, 4), dtype=np.float32)
 
 
-def test_failed_batch_retried_per_document_emits_each_good_document_once() -> None:
-    fn = _LocalEmbedFn(SPEC, "v1")
-    fn._model = _HalfBatchModel()  # type: ignore[assignment]
-    out = list(fn.process([routed("good", "good"), routed("bad", "bad")]))
+def _run_fn(fn: _LocalEmbedFn, docs: list[RoutedDocument]) -> list[object]:
+    fn.setup()
+    fn.start_bundle()
+    out: list[object] = []
+    for d in docs:
+        out += list(fn.process(d))
+    for item in fn.finish_bundle():
+        value = item.value if isinstance(item, pvalue.TaggedOutput) else item
+        out.append(pvalue.TaggedOutput(item.tag, value.value) if isinstance(item, pvalue.TaggedOutput)
+                   else value.value)
+    return out
+
+
+def _with_fake(batch_size: int = 4) -> tuple[_LocalEmbedFn, _FakeModel]:
+    fn = _LocalEmbedFn(replace(SPEC, batch_size=batch_size), "v1")
+    fake = _FakeModel()
+    fn._model = fake  # type: ignore[assignment]
+    return fn, fake
+
+
+def test_failed_batch_retried_per_chunk_emits_each_good_document_once() -> None:
+    fn, _ = _with_fake()
+    out = _run_fn(fn, [routed("good", "good"), routed("bad", "bad")])
     embedded = [o.document.id for o in out if isinstance(o, EmbeddedDocument)]
     dead = [o.value.doc_id for o in out if isinstance(o, pvalue.TaggedOutput)]
     assert embedded == ["good"] and dead == ["bad"]
 
 
+def test_a_document_with_one_failing_chunk_is_dead_lettered_once_and_never_emitted() -> None:
+    fn, fake = _with_fake(batch_size=2)
+    long_bad = " ".join(["word"] * 45 + ["bad"] + ["word"] * 45)  # three chunks, the 2nd fails
+    docs = [routed(f"s{i}", "short text here") for i in range(5)] + [routed("L", long_bad)]
+    out = _run_fn(fn, docs)
+    embedded = sorted(o.document.id for o in out if isinstance(o, EmbeddedDocument))
+    dead = [o.value.doc_id for o in out if isinstance(o, pvalue.TaggedOutput)]
+    assert embedded == [f"s{i}" for i in range(5)] and dead == ["L"]
+    assert fn._routed == {}  # nothing left waiting
+
+
+def test_batches_hold_chunks_of_one_length_bucket_and_documents_reassemble() -> None:
+    fn, fake = _with_fake(batch_size=4)
+    # words; tokens = words + 2; bucket width 16 (bucket_width(64)). d7 has three chunks of
+    # 40, 40 and 20 words: two go to the 33-48 bucket, one completes the 17-32 bucket.
+    lengths = [3, 20, 4, 21, 5, 22, 6, 100]
+    docs = [routed(f"d{i}", " ".join(["w"] * n)) for i, n in enumerate(lengths)]
+    out = _run_fn(fn, docs)
+    by_id = {o.document.id: o for o in out if isinstance(o, EmbeddedDocument)}
+    assert set(by_id) == {d.id for d in docs} and by_id["d7"].n_chunks == 3
+    sizes = [[len(t.split()) for t in b] for b in fake.batches]
+    assert sizes == [[3, 4, 5, 6], [20, 21, 22, 20], [40, 40]]  # two full buckets, then the rest
+    expected = np.mean([np.eye(4)[40 % 4], np.eye(4)[40 % 4], np.eye(4)[20 % 4]], axis=0)
+    assert np.allclose(by_id["d7"].vector, expected / np.linalg.norm(expected), atol=1e-6)
+
+
+def test_no_model_is_loaded_when_no_document_arrives() -> None:
+    fn = _LocalEmbedFn(SPEC, "v1")
+    assert _run_fn(fn, []) == [] and fn._model is None
+
+
 def test_versions_of_one_model_with_other_limits_do_not_share_a_loaded_model() -> None:
     wide, narrow = _LocalEmbedFn(SPEC, "v1"), _LocalEmbedFn(replace(SPEC, max_input_tokens=128), "v2")
-    wide.setup()
-    narrow.setup()
-    assert wide._model is not None and narrow._model is not None
-    assert (wide._model.max_tokens, narrow._model.max_tokens) == (256, 128)
+    assert (wide._loaded().max_tokens, narrow._loaded().max_tokens) == (256, 128)
 
 
-@pytest.mark.parametrize(("device", "precision", "plan"), [
-    ("cpu", "auto", "bf16-autocast"), ("cpu", "bf16", "bf16-autocast"), ("cpu", "fp32", "fp32"),
-    ("cuda", "auto", "fp16"), ("cuda:0", "fp16", "fp16"), ("cuda", "bf16", "bf16"), ("cuda", "fp32", "fp32"),
+@pytest.mark.parametrize(("device", "precision", "native_bf16", "plan"), [
+    ("cpu", "auto", True, "bf16-autocast"), ("cpu", "auto", False, "fp32"),
+    ("cpu", "bf16", False, "bf16-autocast"), ("cpu", "fp32", True, "fp32"),
+    ("cuda", "auto", False, "fp16"), ("cuda:0", "fp16", False, "fp16"), ("cuda", "bf16", False, "bf16"),
+    ("cuda", "fp32", True, "fp32"),
 ])
-def test_precision_plan_applies_each_setting_on_each_device(device: str, precision: str, plan: str) -> None:
-    assert precision_plan(device, precision) == plan
+def test_precision_plan_applies_each_setting_on_each_device(
+    device: str, precision: str, native_bf16: bool, plan: str
+) -> None:
+    assert precision_plan(device, precision, native_bf16) == plan
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", False),                      # AVX2-only EPYC
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),               # Cooper Lake, Zen 4
+    ("flags\t\t: fpu avx512f amx_bf16 amx_tile\n", True),                          # Sapphire Rapids
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),                                 # Graviton 3
+    ("Features\t: fp asimd evtstrm\n", False),
+    ("", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
+    assert cpu_has_native_bf16(cpuinfo) is native
 
 
 def test_fp16_on_cpu_is_refused_with_a_config_error_before_loading() -> None:

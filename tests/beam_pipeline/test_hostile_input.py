@@ -203,7 +203,7 @@ def _settings(make_settings: SettingsFactory, server: FakeOpenAIServer, **extra:
 
 
 def _run(settings: TierembedSettings, server: FakeOpenAIServer, source: Path) -> RunReport:
-    spec = PipelineSpec(settings, str(source), "hostile", None, ResolvedApi(server.base_url, "t", "fake"), {})
+    spec = PipelineSpec(settings, str(source), "hostile", None, ResolvedApi(server.base_url, "t", "fake"))
     outcome = run_pipeline(spec)
     prices = api_prices(settings)
     return build_report(

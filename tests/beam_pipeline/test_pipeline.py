@@ -11,7 +11,6 @@ import pytest
 
 from beam_pipeline.pipeline import PipelineSpec, ResolvedApi, api_prices, run_pipeline
 from beam_pipeline.sinks.lancedb_sink import LanceDBSinkConfig, LanceDBStore
-from flows.embed import existing_hashes
 from tests.conftest import SettingsFactory, corpus, write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer
 from tiering.report import RunReport, build_report
@@ -36,9 +35,9 @@ def _settings(make_settings: SettingsFactory, **extra: Any) -> TierembedSettings
 
 
 def _run(settings: TierembedSettings, server: FakeOpenAIServer, source: Path, run_id: str,
-         existing: dict[str, dict[str, str]] | None = None) -> tuple[RunReport, str]:
+         full_refresh: bool = False) -> tuple[RunReport, str]:
     api = ResolvedApi(server.base_url, "test", "fake")
-    spec = PipelineSpec(settings, str(source), run_id, None, api, existing or {})
+    spec = PipelineSpec(settings, str(source), run_id, None, api, full_refresh)
     outcome = run_pipeline(spec)
     prices = api_prices(settings)
     report = build_report(
@@ -118,7 +117,7 @@ def test_rerun_skips_unchanged_and_embeds_only_changed_documents(
     docs[7]["text"] += " Updated: new photos."    # a local-tier document
     write_jsonl(src, docs)
     billed_before = fake_api.stats().billed_tokens_total
-    second, _ = _run(settings, fake_api, src, "r2", existing_hashes(settings))
+    second, _ = _run(settings, fake_api, src, "r2")
     assert second.skipped_unchanged == 6 and second.written == 2 and second.accounting_ok()
     assert fake_api.stats().billed_tokens_total > billed_before  # only doc-000 was re-sent
     assert {line.tier: line.documents for line in second.lines} == {"local": 1, "api": 1}

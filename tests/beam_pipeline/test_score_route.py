@@ -11,6 +11,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_pipeline.plan import PlanBudget
 from beam_pipeline.route import RouteByTier
 from beam_pipeline.score import ScoreDocuments
+from beam_pipeline.skip_unchanged import SkipUnchanged
+from store.stored_hashes import StoredHash
 from tiering.classifier import load_default
 from tiering.documents import Document, Tier
 from tiering.routing import RoutingPolicy, Rule
@@ -39,12 +41,13 @@ def test_score_matches_the_classifier() -> None:
 
 def test_route_tags_branches_and_skips_unchanged_targets() -> None:
     docs = [doc(i, "high" if i < 6 else "normal") for i in range(10)]
-    existing = {"loc-a": {"d9": "h9", "d8": "stale"}}
+    stored = [StoredHash("d9", "loc-a", "h9"), StoredHash("d8", "loc-a", "stale"),
+              StoredHash("gone", "loc-a", "h-gone")]  # no longer in the input: dropped by the join
     with TestPipeline() as p:
-        scored = p | beam.Create(docs) | ScoreDocuments()
-        hashes = p | "Existing" >> beam.Create([existing])
-        plan = scored | PlanBudget(POLICY, PRICES, None, hashes)
-        routed = scored | RouteByTier(POLICY, PRICES, plan, hashes)
+        rows = p | "Stored" >> beam.Create(stored)
+        scored = p | beam.Create(docs) | ScoreDocuments() | SkipUnchanged(rows)
+        plan = scored | PlanBudget(POLICY, PRICES, None)
+        routed = scored | RouteByTier(POLICY, PRICES, plan)
         assert set(routed) == {"local/loc-a", "api/api-a", "api/api-b"}
         api = (routed["api/api-a"], routed["api/api-b"]) | beam.Flatten() | beam.Map(lambda r: r.id)
         assert_that(api, equal_to([f"d{i}" for i in range(6)]), label="api")
@@ -70,13 +73,14 @@ def test_unchanged_api_document_stays_put_when_the_budget_is_spent() -> None:
     from tiering.ab import assign_version
 
     versions = {d.id: assign_version(d.id, POLICY.api_versions, salt="ab-api") for d in docs}
-    existing = {v: {} for v in ("api-a", "api-b")}
-    for d in docs[:2]:
-        existing[versions[d.id]][d.id] = d.hash
+    stored = [StoredHash(d.id, versions[d.id], d.hash) for d in docs[:2]]
+    # the same text stored under the OTHER api version does not make d2 free
+    other = "api-a" if versions["d2"] == "api-b" else "api-b"
+    stored.append(StoredHash("d2", other, docs[2].hash))
     with TestPipeline() as p:
-        scored = p | beam.Create(docs) | ScoreDocuments()
-        hashes = p | "Existing" >> beam.Create([existing])
-        plan = scored | PlanBudget(POLICY, PRICES, 0.0, hashes)
-        routed = scored | RouteByTier(POLICY, PRICES, plan, hashes)
+        rows = p | "Stored" >> beam.Create(stored)
+        scored = p | beam.Create(docs) | ScoreDocuments() | SkipUnchanged(rows)
+        plan = scored | PlanBudget(POLICY, PRICES, 0.0)
+        routed = scored | RouteByTier(POLICY, PRICES, plan)
         everything = tuple(routed.values()) | beam.Flatten() | beam.Map(lambda r: (r.id, r.tier.value))
         assert_that(everything, equal_to([("d2", "local")]))

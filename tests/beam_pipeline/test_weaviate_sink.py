@@ -27,7 +27,6 @@ from beam_pipeline.sinks.weaviate_sink import (
     object_uuid,
     vector_name,
 )
-from flows.embed import existing_hashes
 from flows.search import open_store
 from tests.conftest import SettingsFactory, api_overrides, corpus, write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -251,7 +250,8 @@ def test_whole_pipeline_writes_to_weaviate_and_reruns_skip_unchanged(
     written = {k: n for k, n in first.counters.items() if k.startswith("written.")}
     assert sum(written.values()) == 12 and written.keys() == {"written.fake-a", "written.fake-b"}
 
-    hashes = existing_hashes(settings)
+    with open_store(settings) as store:
+        hashes = store.existing_hashes_by_version(["minilm-l6-v2", "fake-a", "fake-b"])
     assert {v: len(h) for v, h in hashes.items()} == {
         "minilm-l6-v2": 0, "fake-a": written["written.fake-a"], "fake-b": written["written.fake-b"]}
     with open_store(settings) as store:
@@ -262,8 +262,9 @@ def test_whole_pipeline_writes_to_weaviate_and_reruns_skip_unchanged(
     assert all(o["properties"]["cost_usd"] > 0 for o in objects)
 
     billed = fake_api.stats().billed_tokens_total
-    second = run_pipeline(PipelineSpec(settings, str(src), "r2", None, api, hashes))
+    second = run_pipeline(PipelineSpec(settings, str(src), "r2", None, api))  # the join reads the store
     assert not any(n for k, n in second.counters.items() if k.startswith("written."))
+    assert second.counters["stored_hashes_read"] == 12 and second.counters["skipped_unchanged"] == 12
     assert fake_api.stats().billed_tokens_total == billed  # unchanged documents cost nothing
     assert len(wv.objects("Document")) == 12
 

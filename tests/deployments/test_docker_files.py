@@ -131,7 +131,11 @@ def test_dockerfile_has_worker_and_beam_sdk_targets_on_shared_base() -> None:
 def test_dockerfile_copies_beam_boot_from_matching_sdk_image() -> None:
     beam_version = _global_args()["BEAM_VERSION"]
     assert _stages()["beam-boot"][0] == ("FROM", "apache/beam_python3.11_sdk:${BEAM_VERSION}")
-    assert beam_version == "2.77.0"
+    # the workers must run the Beam release that submits the job: the one locked in constraints.txt
+    locked = [line.split("==", 1)[1].strip() for line in
+              (REPO_ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+              if line.lower().startswith("apache-beam==")]
+    assert locked == [beam_version], f"Dockerfile BEAM_VERSION {beam_version} vs constraints.txt {locked}"
     assert "--from=beam-boot /opt/apache/beam /opt/apache/beam" in _stage_value("base", "COPY")
     pins = [run for run in _stage_value("base", "RUN") if "apache-beam==${BEAM_VERSION}" in run]
     assert pins, "apache-beam must be pinned to the boot binary's version"

