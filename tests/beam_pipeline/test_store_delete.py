@@ -17,8 +17,8 @@ from tiering.documents import Document, EmbeddedDocument, Tier
 
 
 def _emb(doc_id: str, version: str, digest: str | None = None) -> EmbeddedDocument:
-    return EmbeddedDocument(Document(doc_id, f"text of {doc_id}", "s:1", json.dumps({}), digest or f"h-{doc_id}"),
-                            Tier.LOCAL, version, "m", (1.0, 0.5, 0.0), 1, 3)
+    doc = Document(doc_id, f"text of {doc_id}", "s:1", json.dumps({}), digest or f"h-{doc_id}")
+    return EmbeddedDocument(doc, Tier.LOCAL, version, "m", (1.0, 0.5, 0.0), 1, 3)
 
 
 def _rows(store: Any) -> set[tuple[str, str, str]]:
@@ -60,7 +60,8 @@ def test_delete_of_more_rows_than_one_chunk(store: Any) -> None:
     assert {r.doc_id for r in store.stored_rows()} == set(ids[-3:])
 
 
-def test_weaviate_delete_repeats_while_the_server_limit_leaves_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weaviate_delete_repeats_while_the_server_limit_leaves_matches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     with WeaviateDouble(query_maximum_results=3) as double:
         monkeypatch.setattr("weaviate.connect.v4.PYPI_PACKAGE_URL", double.pypi_url)
         with WeaviateStore(WeaviateSinkConfig(url=double.url, grpc_port=double.grpc_port)) as wv:

@@ -107,7 +107,8 @@ def test_retired_rows_go_only_when_asked() -> None:
 
 def test_superseded_drops_the_older_vector_of_changed_text_only() -> None:
     stamps = {
-        "local-a": {"moved": RowStamp("h-old", T0), "same": RowStamp("h", T0), "newer": RowStamp("h2", T0 + timedelta(1))},
+        "local-a": {"moved": RowStamp("h-old", T0), "same": RowStamp("h", T0),
+                    "newer": RowStamp("h2", T0 + timedelta(1))},
         "api-a": {"moved": RowStamp("h-new", T0 + timedelta(1)), "same": RowStamp("h", T0 + timedelta(1)),
                   "newer": RowStamp("h1", T0), "untimed": RowStamp("x", None)},
     }
