@@ -118,7 +118,8 @@ def test_prune_reports_then_removes_exactly_the_stale_vectors(
     assert dry.exit_code == 0, dry.output
     planned = json.loads(dry.output)
     assert _stale_sets(planned) == EXPECTED and planned["applied"] is False
-    assert planned["stale"] == {"fake-v1": {"left_source": 1, "moved": 1}, "mini": {"left_source": 2, "moved": 1}}
+    assert planned["stale"] == {"fake-v1": {"left_source": 1, "moved": 1},
+                                "mini": {"left_source": 2, "moved": 1}}
     assert planned["rejected_with_id"] == 1 and planned["withheld_left_source"] == 0
     assert _rows(settings) == before  # a dry run deletes nothing
 
