@@ -81,7 +81,7 @@ def render_outcome(outcome: PruneOutcome, width: int = 120) -> str:
     console = Console(width=width, record=True, force_terminal=False)
     with console.capture() as capture:
         console.print(table)
-    lines = [capture.get().rstrip()]
+    lines = [capture.get().rstrip() if plan.stale else f"prune {outcome.source}; {outcome.store}"]
     lines.append(f"source: {outcome.source_documents} documents, {outcome.rejected_with_id} rejected records "
                  f"with a known id (their vectors stay), {plan.unidentified} records without a readable id")
     lines.append(f"store: {plan.rows_scanned} vectors scanned; {len(plan.stale)} stale")

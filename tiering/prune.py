@@ -105,7 +105,7 @@ def collect_source(items: Iterable[Document | DeadLetter]) -> SourceDocs:
     first in source order is the document (:func:`tiering.validation.resolve_duplicates`)."""
     kept: dict[str, Document] = {}
     rejected: set[str] = set()
-    unidentified, where = 0, []
+    unidentified, where = 0, list[str]()
     for item in items:
         if isinstance(item, DeadLetter):
             if item.doc_id is not None:
