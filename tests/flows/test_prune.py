@@ -138,7 +138,6 @@ def test_prune_reports_then_removes_exactly_the_stale_vectors(
     assert again.plan.stale == () and again.plan.rows_scanned == 9
 
 
-@pytest.mark.slow
 def test_records_without_a_readable_id_withhold_left_source_but_not_moved(
     tmp_path: Path, make_settings: SettingsFactory, fake_api: FakeOpenAIServer
 ) -> None:
