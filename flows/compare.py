@@ -152,15 +152,18 @@ def render_comparison(report: CompareReport, width: int = 130) -> str:
     c = report.comparison
     left = c.shared.left_out
     table = Table(title=f"{c.candidate.version} vs {c.baseline.version}: {c.queries} queries on the "
-                  f"{len(c.shared.ids)} documents both embedded", title_justify="left")
-    for name in ("", *(_LABEL[m] for m in c.differences)):
-        table.add_column(name, justify="left" if not name else "right")
+                  f"{len(c.shared.ids)} documents both embedded (paired bootstrap CIs)",
+                  title_justify="left")
+    for name in ("version", "tier", "its docs not shared", *(_LABEL[m] for m in c.differences)):
+        table.add_column(name, justify="left" if name in ("version", "tier") else "right")
     for q, n in ((c.baseline, left[0]), (c.candidate, left[1])):
-        table.add_row(f"{q.version} ({report.tiers.get(q.version, '?')}, {n} of its docs left out)",
+        table.add_row(q.version, report.tiers.get(q.version, "?"), str(n),
                       *(f"{q.means[m]:.4f}" for m in c.differences))
     conf = next(iter(c.differences.values())).confidence
-    table.add_row(f"{c.candidate.version} - {c.baseline.version} ({conf:.0%} CI, paired bootstrap)",
-                  *(f"{d.diff:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in c.differences.values()))
+    table.add_row(f"{c.candidate.version} - {c.baseline.version}", "", "",
+                  *(f"{d.diff:+.4f}" for d in c.differences.values()))
+    table.add_row(f"  {conf:.0%} CI", "", "",
+                  *(f"[{d.low:+.4f}, {d.high:+.4f}]" for d in c.differences.values()))
     costs = Table(title="cost of the embedded documents (billed API spend, as stored)", title_justify="left")
     for name in ("version", "documents", "cost", "per 1k documents"):
         costs.add_column(name, justify="left" if name == "version" else "right")
