@@ -251,8 +251,8 @@ def compare(
                                           help="Labelled queries, JSONL {\"id\", \"text\"}.")],
     qrels: Annotated[Path, typer.Option("--qrels", exists=True, dir_okay=False,
                                         help="Relevance judgements, TREC 'query 0 doc grade'.")],
-    k: Annotated[int, typer.Option("--k", min=10, max=10, help="Cut-off of the measures (nDCG@10, "
-                                   "R@10, MRR@10; only 10 is supported).")] = 10,
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="Cut-off of the measures: nDCG@k "
+                                   "(what promote reads), R@k, MRR@k.")] = 10,
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the CIs.")] = 2000,
     cache_dir: Annotated[Path, typer.Option(help="Where query vectors are cached (shared with "
                                             "`tierembed eval`).")] = Path(".tierembed/eval-cache"),
@@ -262,11 +262,11 @@ def compare(
     config: ConfigOpt = None, by: ByOpt = None,
 ) -> None:
     """Measure CANDIDATE against BASELINE on the documents both embedded: each ranks the
-    labelled queries alone; prints nDCG@10, R@10, MRR@10, the paired difference with its 95%
+    labelled queries alone; prints nDCG@k, R@k, MRR@k, the paired difference with its 95%
     CI, and the cost per 1k documents, and records the result for `promote`."""
     from flows.compare import CompareOptions, compare_store, render_comparison
 
-    opts = CompareOptions(baseline, candidate, queries, qrels, cache_dir, resamples, record, _by(by))
+    opts = CompareOptions(baseline, candidate, queries, qrels, cache_dir, resamples, record, k, _by(by))
     try:
         report = compare_store(load_settings(config), opts)
     except TierembedError as exc:

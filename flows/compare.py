@@ -41,6 +41,7 @@ class CompareOptions:
     cache_dir: Path = Path(".tierembed/eval-cache")
     resamples: int = 2000
     record: bool = True
+    k: int = 10
     by: str = ""
 
 
@@ -129,7 +130,7 @@ def compare_store(settings: TierembedSettings, opts: CompareOptions) -> CompareR
             *[(v, _rows(stored[v], shared.ids), vectors[v]) for v in (opts.baseline, opts.candidate)],
             shared, qids, qrels, held=(len(stored[opts.baseline].ids), len(stored[opts.candidate].ids)),
             cost_usd=(stored[opts.baseline].cost_usd, stored[opts.candidate].cost_usd),
-            resamples=opts.resamples)
+            k=opts.k, resamples=opts.resamples)
     except ValueError as exc:
         raise ConfigError(f"cannot compare {opts.baseline} and {opts.candidate} on {opts.qrels}: {exc} "
                           f"({len(shared.ids)} shared documents); shadow or backfill more "
@@ -154,7 +155,7 @@ def render_comparison(report: CompareReport, width: int = 130) -> str:
     table = Table(title=f"{c.candidate.version} vs {c.baseline.version}: {c.queries} queries on the "
                   f"{len(c.shared.ids)} documents both embedded (paired bootstrap CIs)",
                   title_justify="left")
-    for name in ("version", "tier", "its docs not shared", *(_LABEL[m] for m in c.differences)):
+    for name in ("version", "tier", "its docs not shared", *(_label(m) for m in c.differences)):
         table.add_column(name, justify="left" if name in ("version", "tier") else "right")
     for q, n in ((c.baseline, left[0]), (c.candidate, left[1])):
         table.add_row(q.version, report.tiers.get(q.version, "?"), str(n),
@@ -193,4 +194,5 @@ def render_comparison(report: CompareReport, width: int = 130) -> str:
     return capture.get()
 
 
-_LABEL = {"nDCG@10": "nDCG@10", "R@10": "R@10", "RR@10": "MRR@10"}
+def _label(measure: str) -> str:
+    return "M" + measure if measure.startswith("RR@") else measure

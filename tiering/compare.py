@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiering.evaluation import (
-    MEASURES,
     Comparison,
     EvalCorpus,
     EvalSpace,
@@ -33,6 +32,7 @@ from tiering.evaluation import (
     PolicyResult,
     Qrels,
     evaluate_policy,
+    measure_names,
     paired_bootstrap,
     reference_indices,
 )
@@ -52,8 +52,7 @@ __all__ = [
     "promotion_check",
 ]
 
-PRIMARY_MEASURE = "nDCG@10"
-
+PRIMARY_MEASURE = "nDCG@10"  # at the default cut-off; nDCG@k with --k
 
 @dataclass(frozen=True)
 class SharedCorpus:
@@ -96,8 +95,14 @@ class VersionComparison:
     def queries(self) -> int:
         return len(self.query_ids)
 
-    def verdict(self, measure: str = PRIMARY_MEASURE) -> str:
-        return _verdict(self.differences[measure].low, self.differences[measure].high)
+    @property
+    def primary(self) -> str:
+        """The measure promotion reads: nDCG at the comparison's cut-off."""
+        return next(iter(self.differences))
+
+    def verdict(self, measure: str | None = None) -> str:
+        d = self.differences[measure or self.primary]
+        return _verdict(d.low, d.high)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,8 @@ class Evidence:
     by: str = ""
 
     @classmethod
-    def of(cls, comparison: VersionComparison, query_set: str, measure: str = PRIMARY_MEASURE) -> Evidence:
+    def of(cls, comparison: VersionComparison, query_set: str, measure: str | None = None) -> Evidence:
+        measure = measure or comparison.primary
         d = comparison.differences[measure]
         return cls(comparison.baseline.version, comparison.candidate.version, measure,
                    comparison.baseline.means[measure], comparison.candidate.means[measure], d.diff,
@@ -180,21 +186,23 @@ def cost_per_1k(cost_usd: float, documents: int) -> float:
     return 1000.0 * cost_usd / documents if documents else 0.0
 
 
-def _alone(space: EvalSpace, corpus: EvalCorpus) -> PolicyResult:
+def _alone(space: EvalSpace, corpus: EvalCorpus, k: int) -> PolicyResult:
     holds = {space.version: np.ones(len(corpus.doc_ids), dtype=bool)}
-    return evaluate_policy([space], corpus, Policy(f"{space.version} alone", holds, FusionMethod.ZSCORE))
+    return evaluate_policy([space], corpus, Policy(f"{space.version} alone", holds, FusionMethod.ZSCORE), k=k)
 
 
 def compare_versions(
     v1: tuple[str, FloatMatrix, FloatMatrix], v2: tuple[str, FloatMatrix, FloatMatrix],
     shared: SharedCorpus, query_ids: Sequence[str], qrels: Qrels, *,
-    held: tuple[int, int], cost_usd: tuple[float, float], resamples: int = 2000, seed: int = 0,
+    held: tuple[int, int], cost_usd: tuple[float, float], k: int = 10, resamples: int = 2000,
+    seed: int = 0,
 ) -> VersionComparison:
     """Rank ``query_ids`` with each version alone over ``shared`` and compare.
 
     ``v1``/``v2`` are (version, document vectors in ``shared.ids`` order, query vectors in
     ``query_ids`` order), L2-normalized; ``held`` and ``cost_usd`` are each version's
-    documents in the store and their billed cost (for cost per 1k documents)."""
+    documents in the store and their billed cost (for cost per 1k documents); measures are
+    nDCG@k (the primary one), R@k and RR@k."""
     if not shared.ids:
         raise ValueError("the two versions share no document")
     keep = judged_queries(query_ids, qrels, shared.ids)
@@ -203,9 +211,10 @@ def compare_versions(
     rows = [query_ids.index(q) for q in keep]
     corpus = EvalCorpus(shared.ids, keep, qrels, reference_indices(shared.ids, 2))
     spaces = [EvalSpace(name, docs, np.asarray(queries)[rows]) for name, docs, queries in (v1, v2)]
-    first, second = (_alone(s, corpus) for s in spaces)
-    diffs = {m: paired_bootstrap(second, first, m, resamples=resamples, seed=seed) for m in MEASURES}
-    quality = [VersionQuality(s.version, {m: r.mean(m) for m in MEASURES}, n, c)
+    first, second = (_alone(s, corpus, k) for s in spaces)
+    measures = measure_names(k)
+    diffs = {m: paired_bootstrap(second, first, m, resamples=resamples, seed=seed) for m in measures}
+    quality = [VersionQuality(s.version, {m: r.mean(m) for m in measures}, n, c)
                for s, r, n, c in zip(spaces, (first, second), held, cost_usd, strict=True)]
     return VersionComparison(quality[0], quality[1], diffs, shared, keep,
                              len(query_ids) - len(keep), (first, second))

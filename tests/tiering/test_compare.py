@@ -29,13 +29,13 @@ def _space(rng: np.random.Generator, n_docs: int, n_q: int, noise: float) -> tup
 
 
 def _independent(doc_ids: list[str], docs: np.ndarray, queries: np.ndarray, qids: list[str],
-                 qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+                 qrels: dict[str, dict[str, int]], k: int = 10) -> dict[str, float]:
     """Cosine ranking scored by ir-measures directly, averaged over ``qids``."""
     scores = queries @ docs.T
     run = [ir_measures.ScoredDoc(q, doc_ids[j], float(scores[i, j])) for i, q in enumerate(qids)
            for j in range(len(doc_ids))]
     judged = [ir_measures.Qrel(q, d, g) for q in qids for d, g in qrels[q].items()]
-    agg = ir_measures.calc_aggregate([nDCG @ 10, R @ 10, RR @ 10], judged, run)
+    agg = ir_measures.calc_aggregate([nDCG @ k, R @ k, RR @ k], judged, run)
     return {str(m): float(v) for m, v in agg.items()}
 
 
@@ -80,6 +80,20 @@ def test_compare_matches_ir_measures_on_each_version_alone_and_the_paired_differ
                                ("bad", bad_docs, np.vstack([bad_q, pad])), shared, qids, qrels,
                                held=(91, 90), cost_usd=(0.0, 0.0), resamples=500)
     assert reverse.verdict() == "worse"
+
+
+def test_compare_at_another_cut_off_matches_ir_measures_and_names_its_measures() -> None:
+    rng = np.random.default_rng(3)
+    ids = [f"d{i:03d}" for i in range(60)]
+    a_docs, a_q = _space(rng, 60, 20, 0.8)
+    b_docs, b_q = _space(rng, 60, 20, 1.2)
+    qrels = {f"q{i}": {ids[3 * i]: 1, ids[3 * i + 2]: 1} for i in range(20)}
+    result = compare_versions(("a", a_docs, a_q), ("b", b_docs, b_q), shared_corpus(ids, ids), list(qrels),
+                              qrels, held=(60, 60), cost_usd=(0, 0), k=3, resamples=200)
+    assert list(result.differences) == ["nDCG@3", "R@3", "RR@3"] and result.primary == "nDCG@3"
+    assert result.baseline.means == pytest.approx(_independent(ids, a_docs, a_q, list(qrels), qrels, 3))
+    assert result.candidate.means == pytest.approx(_independent(ids, b_docs, b_q, list(qrels), qrels, 3))
+    assert Evidence.of(result, "set").measure == "nDCG@3"
 
 
 def test_compare_of_identical_versions_is_no_difference() -> None:
