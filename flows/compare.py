@@ -86,7 +86,8 @@ def _query_vectors(embedders: TierEmbedders, cache: VectorCache, version: str,
     todo = sorted({t for _, t in queries if cache.get(version, query_key(t)) is None})
     if todo:
         cache.put(version, [query_key(t) for t in todo], embedders[version].embed_queries(todo))
-    return np.vstack([cache.get(version, query_key(t)) for _, t in queries]).astype(np.float32)
+    rows = [cache.get(version, query_key(t)) for _, t in queries]
+    return np.vstack([r for r in rows if r is not None]).astype(np.float32)
 
 
 def _check_versions(settings: TierembedSettings, opts: CompareOptions) -> dict[str, str]:
@@ -126,9 +127,9 @@ def compare_store(settings: TierembedSettings, opts: CompareOptions) -> CompareR
         spent = embedders.spend.cost_usd
     qids = [q for q, _ in queries]
     try:
+        a, b = ((v, _rows(stored[v], shared.ids), vectors[v]) for v in (opts.baseline, opts.candidate))
         comparison = compare_versions(
-            *[(v, _rows(stored[v], shared.ids), vectors[v]) for v in (opts.baseline, opts.candidate)],
-            shared, qids, qrels, held=(len(stored[opts.baseline].ids), len(stored[opts.candidate].ids)),
+            a, b, shared, qids, qrels, held=(len(stored[opts.baseline].ids), len(stored[opts.candidate].ids)),
             cost_usd=(stored[opts.baseline].cost_usd, stored[opts.candidate].cost_usd),
             k=opts.k, resamples=opts.resamples)
     except ValueError as exc:
