@@ -30,14 +30,16 @@ from beam_pipeline.embed_api import FALLBACK, ApiBranch, EmbedApi
 from beam_pipeline.embed_local import EmbedLocal
 from beam_pipeline.local_embedder import LocalModelSpec
 from beam_pipeline.normalize import NormalizeScores
+from beam_pipeline.paid_results import MarkPaidResults, PaidLookup
 from beam_pipeline.plan import PlanBudget
 from beam_pipeline.read import ReadDocuments
 from beam_pipeline.route import RouteByTier, branch_tag
 from beam_pipeline.score import ScoreDocuments
-from beam_pipeline.skip_unchanged import ReadStoredHashes, SkipUnchanged
 from beam_pipeline.sinks import LanceDBSinkConfig, SinkConfig, WriteEmbeddings
+from beam_pipeline.skip_unchanged import ReadStoredHashes, SkipUnchanged
 from beam_pipeline.telemetry import RecordDeadLetters, telemetry_context
 from beam_pipeline.validate import DEAD_LETTERS, ValidateDocuments
+from store.result_cache import CacheKey
 from tiering.backoff import BackoffPolicy
 from tiering.documents import Tier
 from tiering.errors import ConfigError
@@ -79,6 +81,7 @@ class ResolvedApi:
     query_input_type: str | None = None
     max_tokens_per_input: int | None = None  # caps tighter than the model's, for stand-ins
     max_tokens_per_request: int | None = None
+    max_in_flight: int | None = None  # tighter than api.max_in_flight: a stand-in on this CPU
 
     def __repr__(self) -> str:
         return f"ResolvedApi(base_url={self.base_url!r}, provider={self.provider!r}, api_key=***)"
@@ -197,7 +200,7 @@ def _api_branch(spec: PipelineSpec, model: ApiModelSettings, price: Price,
         ),
         requests_per_minute=max(1, int(api.requests_per_minute * share / same_model)),
         tokens_per_minute=max(1, int(api.tokens_per_minute * share / same_model)),
-        max_in_flight=api.max_in_flight,
+        max_in_flight=min(api.max_in_flight, spec.api.max_in_flight or api.max_in_flight),
         timeout_s=api.timeout_s,
         backoff=BackoffPolicy(api.retry.base_delay_s, api.retry.max_delay_s,
                               api.retry.max_attempts, api.retry.max_total_s),
@@ -247,6 +250,11 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     if not spec.full_refresh:
         stored = p | "ReadStoredHashes" >> ReadStoredHashes(sink, [v for _, v in declared])
         scored = scored | "SkipUnchanged" >> SkipUnchanged(stored)
+    branches = {m.version: _api_branch(spec, m, prices[m.version], policy) for m in s.api.models}
+    if s.api.result_cache.path and branches:
+        lookups = {v: PaidLookup(CacheKey(v, b.config.model, b.config.dimensions, b.config.input_type),
+                                 b.config.max_tokens_per_input) for v, b in branches.items()}
+        scored = scored | "MarkPaidResults" >> MarkPaidResults(s.api.result_cache.path, policy, lookups)
     plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd)
     routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, declared)
 
@@ -256,8 +264,7 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     for model in s.api.models:
         tag = branch_tag(Tier.API, model.version)
         out = routed[tag] | f"EmbedApi[{model.version}]" >> EmbedApi(
-            replace(_api_branch(spec, model, prices[model.version], policy),
-                    telemetry=telemetry)
+            replace(branches[model.version], telemetry=telemetry)
         )
         embedded.append(out["embedded"])
         fallbacks.append(out[FALLBACK])

@@ -23,7 +23,9 @@ def estimated_api_cost(
     scored: ScoredDocument, policy: RoutingPolicy, price_per_token: dict[str, float]
 ) -> float:
     version = api_version_for(scored.document.id, policy)
-    return 0.0 if version is None else scored.est_tokens * price_per_token[version]
+    if version is None or version in scored.paid:  # paid earlier: the result cache holds it
+        return 0.0
+    return scored.est_tokens * price_per_token[version]
 
 
 @beam.typehints.with_input_types(PlanItem)

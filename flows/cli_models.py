@@ -318,13 +318,16 @@ def backfill(
     from flows.backfill import run_backfill
     from flows.cli import _setup_logging, _stopped
     from flows.endpoint import raise_if_api_never_worked
+    from flows.prefect_server import prefect_api
     from flows.reporting import render_text
     from flows.signals import graceful_stop, stop_signal_of
     from tiering.outcome import RunStatus
 
     _setup_logging(True)
     try:
-        with graceful_stop():  # SIGINT/SIGTERM: settled at what was recorded; rerun to resume
+        # SIGINT/SIGTERM: settled at what was recorded, rerun to resume; the temporary Prefect
+        # server (events) dies with this process even on SIGKILL
+        with graceful_stop(), prefect_api():
             report = run_backfill(load_settings(config), version, source, budget)
         typer.echo(render_text(report))
         raise_if_api_never_worked(report)

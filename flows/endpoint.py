@@ -185,7 +185,10 @@ def resolve_endpoint(api: ApiTierSettings) -> Iterator[ResolvedApi]:
         yield ResolvedApi(base_url, "not-needed", "local-server",
                           api.document_input_type, api.query_input_type or "query",
                           api.local_server_max_tokens_per_input,
-                          api.local_server_max_tokens_per_request)
+                          api.local_server_max_tokens_per_request,
+                          # one request at a time: the stand-in already uses every core, and
+                          # requests queued behind each other on a slow CPU outlast timeout_s
+                          max_in_flight=1)
     finally:
         server.stop()
 

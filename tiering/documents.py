@@ -70,6 +70,7 @@ class ScoredDocument:
     raw_score: float | None = None
     """The classifier's own score when ``score`` was rank-normalised within the run."""
     unchanged: tuple[str, ...] = ()
+    paid: tuple[str, ...] = ()  # API versions whose vectors of this text were paid for earlier
 
 
 @dataclass(frozen=True, slots=True)

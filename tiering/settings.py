@@ -298,7 +298,7 @@ class ApiTierSettings(_Section):
         "without a key); '--host' and '--port' are appended.",
     )
     local_server_max_tokens_per_request: int = Field(
-        4096,
+        2048,
         ge=8,
         description="Per-request cap (estimated tokens) for the stand-in: it embeds on this "
         "machine's CPU, so a large request would outlast timeout_s.",

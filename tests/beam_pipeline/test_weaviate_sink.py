@@ -250,8 +250,9 @@ def test_whole_pipeline_writes_to_weaviate_and_reruns_skip_unchanged(
     written = {k: n for k, n in first.counters.items() if k.startswith("written.")}
     assert sum(written.values()) == 12 and written.keys() == {"written.fake-a", "written.fake-b"}
 
-    with open_store(settings) as store:
-        hashes = store.existing_hashes_by_version(["minilm-l6-v2", "fake-a", "fake-b"])
+    versions = ["minilm-l6-v2", "fake-a", "fake-b"]
+    with WeaviateStore(WeaviateSinkConfig.from_settings(settings.sink, versions)) as raw:
+        hashes = raw.existing_hashes_by_version(versions)
     assert {v: len(h) for v, h in hashes.items()} == {
         "minilm-l6-v2": 0, "fake-a": written["written.fake-a"], "fake-b": written["written.fake-b"]}
     with open_store(settings) as store:
@@ -329,7 +330,7 @@ def test_a_store_that_dies_mid_run_makes_the_run_partial_and_replay_completes_it
 
     settings = make_settings({
         **api_overrides(fake_api),
-        "routing": {"api_threshold": 0.0},  # every document to the API tier: no local model to load
+        "routing": {"api_threshold": 0.0, "mode": "exclusive"},  # every document to the API tier only
         "sink": {"kind": "weaviate", "batch_size": 2,
                  "weaviate": {"url": wv.url, "grpc_port": wv.grpc_port}},
     })

@@ -91,13 +91,19 @@ def test_a_run_with_embedding_dead_letters_ends_in_a_failed_state_named_partial(
 
     docs = corpus(4)
     docs[0]["metadata"]["priority"] = "high"
+    docs[1]["metadata"]["priority"] = "high"
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
-    with FakeOpenAIServer(FakeServerConfig(dead=True)) as dead_api:
+    # the API works, but its first request fails for good: one API target is dead-lettered
+    # (an API that never worked fails the run outright: tests/flows/test_endpoint.py)
+    with FakeOpenAIServer(FakeServerConfig(fail_next=(500,))) as flaky_api:
         state = embed_documents(
-            source=str(src), config_path=str(_config(tmp_path, dead_api)), return_state=True,
-            settings_overrides={"api": {"retry": {"max_attempts": 1}, "breaker": {"on_open": "dead_letter",
-                                                                                    "failure_threshold": 1}}})
-    assert state.type is StateType.FAILED and state.name == "Partial"
+            source=str(src), config_path=str(_config(tmp_path, flaky_api)), return_state=True,
+            settings_overrides={"api": {"retry": {"max_attempts": 1}, "preflight": False,
+                                        "models": [{"version": "fake-v1", "model": "fake",
+                                                    "price_per_million_tokens": 1.0,
+                                                    "max_inputs_per_request": 1}],
+                                        "breaker": {"on_open": "dead_letter", "failure_threshold": 5}}})
+    assert state.type is StateType.FAILED and state.name == "Partial", state
     assert "1 of 4 targets dead-lettered by embed: 1" in (state.message or "")
     result = state.result(raise_on_failure=False)
     assert isinstance(result, RunIncomplete) and result.report["accounting_ok"] is True

@@ -357,7 +357,7 @@ def test_adhoc_deployment_run_through_a_worker_completes_and_keeps_the_key_secre
 
     run = seen["run"]
     assert run.state is not None and run.state.is_completed(), (run.state, worker_output[-6000:])
-    assert set(seen["deployments"]) == {"nightly-incremental", "weekly-full-refresh", "adhoc"}
+    assert set(seen["deployments"]) == {"nightly-incremental", "weekly-full-refresh", "adhoc", "backfill"}
     assert run.parameters == {"source": str(source), "config_path": str(config_path)}
 
     # The vectors are in the store, one per valid document, and each finds its own document.

@@ -1,0 +1,73 @@
+"""MarkPaidResults: documents whose API vectors were paid for earlier cost nothing now.
+
+A run killed after the API billed some replies keeps those vectors in the result cache
+(``store.result_cache``), and the next run takes them from there instead of paying again.
+The budget plan must know it too: priced at their estimate, paid-for documents compete
+with unpaid ones for the budget and can be deferred or sent to the local tier, so vectors
+already paid for are never used while new ones are bought. This step marks each document
+whose every chunk, as its API version's embedder would send it, is in the cache
+(``ScoredDocument.paid``); planning then prices it at zero (``plan.estimated_api_cost``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+
+import apache_beam as beam
+
+from store.result_cache import CacheKey, ResultCache
+from tiering.chunking import chunk_text
+from tiering.documents import ScoredDocument
+from tiering.routing import RoutingPolicy, api_version_for
+
+__all__ = ["MarkPaidResults", "PaidLookup"]
+
+
+@dataclass(frozen=True, slots=True)
+class PaidLookup:
+    """How one API version's embedder sends a document: its cache scope and chunk size."""
+
+    key: CacheKey
+    max_tokens_per_input: int
+
+
+@beam.typehints.with_input_types(ScoredDocument)
+@beam.typehints.with_output_types(ScoredDocument)
+class _MarkPaidFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, cache_path: str, policy: RoutingPolicy, lookups: Mapping[str, PaidLookup]) -> None:
+        self._path = cache_path
+        self._policy = policy
+        self._lookups = dict(lookups)
+        self._cache: ResultCache | None = None
+
+    def setup(self) -> None:
+        self._cache = ResultCache(self._path)
+
+    def process(self, scored: ScoredDocument) -> Iterator[ScoredDocument]:
+        assert self._cache is not None
+        version = api_version_for(scored.document.id, self._policy)
+        lookup = None if version is None or version in scored.unchanged else self._lookups.get(version)
+        if lookup is None:
+            yield scored
+            return
+        chunks = chunk_text(scored.document.text, lookup.max_tokens_per_input)
+        if chunks and len(self._cache.get_many(lookup.key, chunks)) == len(chunks):
+            beam.metrics.Metrics.counter("tierembed", f"paid_earlier.api.{version}").inc()
+            yield replace(scored, paid=(*scored.paid, version))
+        else:
+            yield scored
+
+
+class MarkPaidResults(beam.PTransform):  # type: ignore[misc]
+    """ScoredDocument -> the same, with ``paid`` naming the API version whose vectors the
+    result cache holds for every chunk of the document."""
+
+    def __init__(self, cache_path: str, policy: RoutingPolicy, lookups: Mapping[str, PaidLookup]) -> None:
+        super().__init__()
+        self.cache_path = cache_path
+        self.policy = policy
+        self.lookups = dict(lookups)
+
+    def expand(self, scored: beam.PCollection[ScoredDocument]) -> beam.PCollection[ScoredDocument]:
+        return scored | "Mark" >> beam.ParDo(_MarkPaidFn(self.cache_path, self.policy, self.lookups))
