@@ -274,7 +274,8 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
     def _to_local(self, routed: RoutedDocument, why: str, error_type: str) -> Iterator[object]:
         """A shadow target or a backfill document is never re-targeted: the shadow's document
         keeps its live vector (counted ``shadow_not_sent.api.<v>``), the backfill's waits for
-        the next backfill run (``backfill_not_sent``, part of the report's ``backfill_deferred``). Otherwise: ``_retarget``."""
+        the next backfill run (``backfill_not_sent``, part of the report's
+        ``backfill_deferred``). Otherwise: ``_retarget``."""
         if routed.shadow:
             _counter(f"shadow_not_sent.api.{self._branch.version}").inc()
             return

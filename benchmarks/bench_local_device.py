@@ -68,8 +68,9 @@ def _ours(model: LoadedLocalModel, texts: list[str]) -> tuple[float, np.ndarray]
 def _plain(model: LoadedLocalModel, texts: list[str], batch: int) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     with model._autocast():  # the same precision as ours (bf16 autocast on CPU)
-        out = model.model.encode(texts, batch_size=batch, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        out = model.model.encode(
+            texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
     _sync(model.device)
     return time.perf_counter() - start, np.asarray(out, dtype=np.float32)
 
@@ -78,11 +79,17 @@ def _load(args: argparse.Namespace, precision: str, batch: int) -> LoadedLocalMo
     return LoadedLocalModel(LocalModelSpec(args.model, args.device, precision, batch, 256))
 
 
-def _best_batch(args: argparse.Namespace, precision: str, texts: list[str], side: str) -> tuple[int, dict[int, float]]:
+def _best_batch(
+    args: argparse.Namespace, precision: str, texts: list[str], side: str
+) -> tuple[int, dict[int, float]]:
     rates = {}
     for batch in args.batches:
         model = _load(args, precision, batch)
-        run = (lambda t, m=model: _ours(m, t)) if side == "ours" else (lambda t, m=model, b=batch: _plain(m, t, b))
+        run = (
+            (lambda t, m=model: _ours(m, t))
+            if side == "ours"
+            else (lambda t, m=model, b=batch: _plain(m, t, b))
+        )
         run(texts[:256])  # warm-up (CUDA kernels, allocator)
         rates[batch] = len(texts) / run(texts)[0]
     return max(rates, key=rates.__getitem__), rates
@@ -116,8 +123,11 @@ def main() -> None:
     texts = _texts(args.texts, max(args.large, args.calibrate))
     import torch
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     args.device = device
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, {len(texts)} texts", flush=True)
@@ -126,18 +136,30 @@ def main() -> None:
     for precision in args.precisions:
         row: dict[str, Any] = {}
         for side in ("plain", "ours"):
-            batch, rates = _best_batch(args, precision, texts[:args.calibrate], side)
+            batch, rates = _best_batch(args, precision, texts[: args.calibrate], side)
             model = _load(args, precision, batch)
-            run = (lambda t, m=model: _ours(m, t)) if side == "ours" else (lambda t, m=model, b=batch: _plain(m, t, b))
+            run = (
+                (lambda t, m=model: _ours(m, t))
+                if side == "ours"
+                else (lambda t, m=model, b=batch: _plain(m, t, b))
+            )
             run(texts[:256])
             rate, fixed = _marginal(run, texts, args.small, args.large, args.rounds)
-            _, vectors = run(texts[:args.small])
+            _, vectors = run(texts[: args.small])
             if precision == "fp32":
                 reference[side] = vectors
-            row[side] = {"batch": batch, "calibration_docs_per_s": rates, "docs_per_s": rate, "fixed_s": fixed}
+            row[side] = {
+                "batch": batch,
+                "calibration_docs_per_s": rates,
+                "docs_per_s": rate,
+                "fixed_s": fixed,
+            }
             row[f"{side}_vectors"] = vectors
-            print(f"  {precision} {side:>5}: batch {batch:>4}  {rate:9.1f} docs/s marginal "
-                  f"(calibration {', '.join(f'{b}: {r:.0f}' for b, r in rates.items())})", flush=True)
+            print(
+                f"  {precision} {side:>5}: batch {batch:>4}  {rate:9.1f} docs/s marginal "
+                f"(calibration {', '.join(f'{b}: {r:.0f}' for b, r in rates.items())})",
+                flush=True,
+            )
         row["ratio"] = row["ours"]["docs_per_s"] / row["plain"]["docs_per_s"]
         print(f"  {precision}: ours / plain = {row['ratio']:.2f}", flush=True)
         results["precisions"][precision] = row

@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python -m benchmarks.corpus --docs 100000 --apt-lists /tmp/aptlists --out .bench/corpus-100k.jsonl
+    .venv/bin/python -m benchmarks.corpus --docs 100000 --apt-lists /tmp/aptlists \\
+        --out .bench/corpus-100k.jsonl
     .venv/bin/python -m benchmarks.bench_local_tier --corpus .bench/corpus-100k.jsonl \\
         [--small 1000 --large 4000 --rounds 2 --workers 1 2]
 
@@ -61,15 +62,18 @@ def _ours(work: Path, files: dict[int, Path], workers: int, round_no: int) -> di
     for n, path in files.items():
         state = work / f"ours-w{workers}-r{round_no}-{n}"
         shutil.rmtree(state, ignore_errors=True)
-        pipeline = ({"direct_running_mode": "multi_processing", "direct_num_workers": workers}
-                    if workers > 1 else {})
+        pipeline = (
+            {"direct_running_mode": "multi_processing", "direct_num_workers": workers} if workers > 1 else {}
+        )
         cfg = write_config(state.with_suffix(".yaml"), state, {**LOCAL_ONLY, "pipeline": pipeline})
         run = run_cli(path, cfg, n)
         report = run.report
         assert report["written"] == n and report["accounting_ok"], report
         times[n] = run.wall_s
-        print(f"    ours(w={workers}) {n:>6} docs: {run.wall_s:7.1f}s  peak RSS {run.peak_rss_mb:6.0f} MB",
-              flush=True)
+        print(
+            f"    ours(w={workers}) {n:>6} docs: {run.wall_s:7.1f}s  peak RSS {run.peak_rss_mb:6.0f} MB",
+            flush=True,
+        )
         shutil.rmtree(state, ignore_errors=True)
     return times
 
@@ -104,30 +108,45 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
     sizes = [str(args.small), str(args.large)]
     for round_no in range(args.rounds):
-        order = systems[round_no % len(systems):] + systems[:round_no % len(systems)]
+        order = systems[round_no % len(systems) :] + systems[: round_no % len(systems)]
         print(f"round {round_no + 1}: {' -> '.join(order)}", flush=True)
         for system in order:
             if system.startswith("ours"):
                 times = _ours(args.work, files, int(system.removeprefix("ours-w")), round_no)
             elif system == "plain":
-                out = _baseline("plain", str(files[args.large]), "--sizes", *sizes,
-                                "--precision", best["precision"], "--batch", str(best["batch"]))
+                out = _baseline(
+                    "plain",
+                    str(files[args.large]),
+                    "--sizes",
+                    *sizes,
+                    "--precision",
+                    best["precision"],
+                    "--batch",
+                    str(best["batch"]),
+                )
                 times = {int(k): v + out["startup_s"] for k, v in out["encode_s"].items()}
             else:
                 out = _baseline("mltransform", str(files[args.large]), "--sizes", *sizes)
                 times = {int(k): v + out["startup_s"] for k, v in out["run_s"].items()}
             rate, fixed = _marginal(times, args.small, args.large)
             results[system].append((rate, fixed))
-            print(f"  {system:>8}: {times[args.small]:7.1f}s / {times[args.large]:7.1f}s -> "
-                  f"{rate:7.1f} docs/s marginal, fixed {fixed:6.1f}s", flush=True)
+            print(
+                f"  {system:>8}: {times[args.small]:7.1f}s / {times[args.large]:7.1f}s -> "
+                f"{rate:7.1f} docs/s marginal, fixed {fixed:6.1f}s",
+                flush=True,
+            )
 
     best_of = {s: max(r, key=lambda x: x[0]) for s, r in results.items()}
-    print(f"\nmarginal throughput between {args.small} and {args.large} documents, best of "
-          f"{args.rounds} rounds ({(time.time() - started) / 60:.0f} min in all):")
+    print(
+        f"\nmarginal throughput between {args.small} and {args.large} documents, best of "
+        f"{args.rounds} rounds ({(time.time() - started) / 60:.0f} min in all):"
+    )
     for s, (rate, fixed) in best_of.items():
         print(f"  {s:>8}: {rate:7.1f} docs/s   fixed start-up {fixed:6.1f}s")
     ours = best_of[f"ours-w{args.workers[0]}"][0]
-    print(f"ours / plain encode ({best['precision']}, batch {best['batch']}): {ours / best_of['plain'][0]:.2f}")
+    print(
+        f"ours / plain encode ({best['precision']}, batch {best['batch']}): {ours / best_of['plain'][0]:.2f}"
+    )
     if "beam" in best_of:
         print(f"ours / Beam MLTransform: {ours / best_of['beam'][0]:.2f}")
     for w in args.workers[1:]:

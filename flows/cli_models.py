@@ -3,7 +3,10 @@
 ``list`` shows each version's state, traffic weight or shadow sample and its history;
 ``shadow``, ``promote``, ``retire`` and ``rollback`` change the registry that runs route by
 and search serves from; each change is recorded (who, when, before and after) and sent as a
-Prefect event ``tierembed.models.<action>`` when a Prefect API is configured.
+Prefect event ``tierembed.models.<action>`` when a Prefect API is configured. ``compare``
+measures two versions on the documents both embedded (:mod:`flows.compare`) and records the
+result; ``promote`` warns when that evidence does not show the candidate better than the
+live version of its tier (and refuses with ``--require-better``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from store.registry import RegistryChange, VersionRegistry, open_registry
+from tiering.compare import PromotionCheck, promotion_check
 from tiering.errors import TierembedError
 from tiering.settings import TierembedSettings, load_settings
-from tiering.versions import Registry, promote, retire, shadow
+from tiering.versions import Registry, VersionState, promote, retire, shadow
 
 __all__ = ["models_app", "model_event", "render_registry"]
 
@@ -60,9 +64,11 @@ def _open(config: Path | None, by: str) -> tuple[TierembedSettings, VersionRegis
     return settings, registry, snapshot
 
 
-def model_event(change: RegistryChange) -> dict[str, Any]:
-    """The keyword arguments of ``prefect.events.emit_event`` for one registry change."""
+def model_event(change: RegistryChange, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``prefect.events.emit_event`` for one registry change;
+    ``evidence`` (a promotion's check against the recorded comparisons) joins the payload."""
     before = {e.version: e for e in change.before.entries}
+    extra = {} if evidence is None else {"evidence": evidence}
     return {
         "event": f"{EVENT_PREFIX}.{_PAST.get(change.action, change.action)}",
         "resource": {"prefect.resource.id": f"tierembed.model-version.{change.version}",
@@ -72,6 +78,7 @@ def model_event(change: RegistryChange) -> dict[str, Any]:
             "at": change.at, "note": change.note,
             "changed": {e.version: {"from": _state(before.get(e.version)), "to": _state(e)}
                         for e in change.after.entries if before.get(e.version) != e},
+            **extra,
         },
     }
 
@@ -83,11 +90,11 @@ def _state(entry: Any) -> dict[str, Any] | None:
             "shadow_sample": entry.shadow_sample}
 
 
-def _announce(change: RegistryChange) -> None:
+def _announce(change: RegistryChange, evidence: dict[str, Any] | None = None) -> None:
     from flows.events import emit_prefect_event
 
     try:
-        sent = emit_prefect_event(**model_event(change))
+        sent = emit_prefect_event(**model_event(change, evidence))
     except Exception as exc:  # noqa: BLE001 - the change is made and recorded; a lost event is a warning
         typer.secho(f"warning: change #{change.seq} recorded, but its Prefect event was not sent: {exc}",
                     fg=typer.colors.YELLOW, err=True)
@@ -155,16 +162,42 @@ def _change_json(c: RegistryChange) -> dict[str, Any]:
 
 
 def _change(config: Path | None, by: str | None, action: str, version: str, note: str,
-            fn: Any) -> None:
+            fn: Any, *, require_better: bool | None = None) -> None:
+    """``require_better`` (promote only; None elsewhere): check the recorded evidence first."""
     who = _by(by)
+    evidence = None
     try:
-        _, registry, _ = _open(config, who)
+        _, registry, snapshot = _open(config, who)
+        if require_better is not None:
+            evidence = _evidence(registry, snapshot, version, require_better)
         change = registry.apply(action, version, lambda reg: fn(reg, who, registry.now()), by=who, note=note)
     except TierembedError as exc:
         _fail(exc)
         return
     typer.echo(f"#{change.seq} {action} {version}: {_summary(change)}")
-    _announce(change)
+    _announce(change, evidence)
+
+
+def _evidence(registry: VersionRegistry, snapshot: Registry, version: str,
+              require_better: bool) -> dict[str, Any]:
+    """Warn (or refuse, with ``--require-better``) unless the recorded comparisons show
+    ``version`` better than every live version of its tier; the check for the event."""
+    entry = snapshot.require(version)
+    live = [e.version for e in snapshot.in_state(VersionState.LIVE, entry.tier)]
+    check = promotion_check(version, live, registry.comparisons(version))
+    for warning in check.warnings:
+        typer.secho(f"{'error' if require_better else 'warning'}: {warning}",
+                    fg=typer.colors.RED if require_better else typer.colors.YELLOW, err=True)
+    if check.warnings and require_better:
+        typer.secho(f"error: --require-better: {version} was not promoted; nothing changed",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    return _check_json(check)
+
+
+def _check_json(check: PromotionCheck) -> dict[str, Any]:
+    return {"measured_better": check.measured_better, "against": list(check.against),
+            "warnings": list(check.warnings), "comparisons": [asdict(e) for e in check.evidence]}
 
 
 def _summary(change: RegistryChange) -> str:
@@ -197,12 +230,52 @@ def promote_version(
     version: Annotated[str, typer.Argument(help="The version to make live.")],
     share: Annotated[float, typer.Option(help="Its share of the tier's new documents; the other live "
                                          "versions keep serving and share the rest.")] = 1.0,
+    require_better: Annotated[bool, typer.Option(
+        "--require-better", help="Refuse (exit 2) unless `tierembed models compare` measured VERSION "
+        "better than each live version of its tier (95% CI of the nDCG@10 difference above 0).")] = False,
     config: ConfigOpt = None, by: ByOpt = None,
 ) -> None:
     """Make VERSION live (served by search, receiving SHARE of new documents). The previous
-    split is recorded: `tierembed models rollback` restores it exactly."""
+    split is recorded: `tierembed models rollback` restores it exactly. Warns when no
+    recorded comparison shows VERSION better than the live version (`tierembed models compare`)."""
     _change(config, by, "promote", version, f"share {share:.0%}",
-            lambda reg, who, at: promote(reg, version, share=share, by=who, at=at))
+            lambda reg, who, at: promote(reg, version, share=share, by=who, at=at),
+            require_better=require_better)
+
+
+@models_app.command("compare")
+def compare(
+    baseline: Annotated[str, typer.Argument(help="V1: the version compared against (usually live).")],
+    candidate: Annotated[str, typer.Argument(help="V2: the version measured (a shadow or candidate).")],
+    queries: Annotated[Path, typer.Option("--queries", exists=True, dir_okay=False,
+                                          help="Labelled queries, JSONL {\"id\", \"text\"}.")],
+    qrels: Annotated[Path, typer.Option("--qrels", exists=True, dir_okay=False,
+                                        help="Relevance judgements, TREC 'query 0 doc grade'.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="Cut-off of the measures: nDCG@k "
+                                   "(what promote reads), R@k, MRR@k.")] = 10,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for the CIs.")] = 2000,
+    cache_dir: Annotated[Path, typer.Option(help="Where query vectors are cached (shared with "
+                                            "`tierembed eval`).")] = Path(".tierembed/eval-cache"),
+    record: Annotated[bool, typer.Option(help="Record the result in the version registry for "
+                                         "`promote` (--no-record: only print it).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    config: ConfigOpt = None, by: ByOpt = None,
+) -> None:
+    """Measure CANDIDATE against BASELINE on the documents both embedded: each ranks the
+    labelled queries alone; prints nDCG@k, R@k, MRR@k, the paired difference with its 95%
+    CI, and the cost per 1k documents, and records the result for `promote`."""
+    from flows.compare import CompareOptions, compare_store, render_comparison
+
+    opts = CompareOptions(baseline, candidate, queries, qrels, cache_dir, resamples, record, k, _by(by))
+    try:
+        report = compare_store(load_settings(config), opts)
+    except TierembedError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    typer.echo(render_comparison(report, width=max(130, Console().width)), nl=False)
 
 
 @models_app.command("retire")

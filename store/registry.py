@@ -5,7 +5,9 @@ ledger) shared by runs and the command line, so a promotion made by one is what 
 run routes by and what search serves. Every change is one transaction that stores the
 whole registry before and after it, so ``rollback`` restores exactly the state before the
 latest change not yet rolled back (an undo stack: rolling back twice undoes two changes)
-and nothing is re-embedded: vectors stay in the store whatever the state.
+and nothing is re-embedded: vectors stay in the store whatever the state. It also keeps
+the results of ``tierembed models compare`` (table ``comparisons``, schema 2; a schema-1 file
+gains the table when first opened), which ``promote`` reads as its evidence.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from store.sqlite import SqliteFile, StoreFileError
+from tiering.compare import Evidence
 from tiering.documents import Tier
 from tiering.settings import TierembedSettings
 from tiering.versions import (
@@ -32,7 +35,7 @@ from tiering.versions import (
 __all__ = ["RegistryFileError", "RegistryChange", "VersionRegistry", "Change", "registry_path",
            "configured_versions", "open_registry"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the comparisons table (``tierembed models compare``)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY,
@@ -54,6 +57,24 @@ CREATE TABLE IF NOT EXISTS changes (
     after_json TEXT NOT NULL,
     undone_by INTEGER REFERENCES changes (seq)
 );
+CREATE TABLE IF NOT EXISTS comparisons (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    by TEXT NOT NULL,
+    baseline TEXT NOT NULL,
+    candidate TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    baseline_mean REAL NOT NULL,
+    candidate_mean REAL NOT NULL,
+    diff REAL NOT NULL,
+    low REAL NOT NULL,
+    high REAL NOT NULL,
+    confidence REAL NOT NULL,
+    queries INTEGER NOT NULL,
+    documents INTEGER NOT NULL,
+    query_set TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS comparisons_pair ON comparisons (baseline, candidate)
 """
 
 Change = Callable[[Registry], Registry]
@@ -168,6 +189,30 @@ class VersionRegistry:
                                   f"undid #{row['seq']} ({row['action']} {row['version']})")
             conn.execute("UPDATE changes SET undone_by = ? WHERE seq = ?", (change.seq, row["seq"]))
             return change
+
+    def record_comparison(self, evidence: Evidence, *, by: str) -> Evidence:
+        """Keep a comparison's result (``tierembed models compare``) for promotion to read."""
+        at = self._clock()
+        e = evidence
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO comparisons (at, by, baseline, candidate, measure, baseline_mean, "
+                "candidate_mean, diff, low, high, confidence, queries, documents, query_set) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, by, e.baseline, e.candidate, e.measure, e.baseline_mean, e.candidate_mean, e.diff,
+                 e.low, e.high, e.confidence, e.queries, e.documents, e.query_set))
+        return replace(e, at=at, by=by)
+
+    def comparisons(self, version: str | None = None, limit: int = 50) -> list[Evidence]:
+        """Recorded comparisons, newest first; with ``version``, those it took part in."""
+        where, args = ("WHERE baseline = ? OR candidate = ?", [version, version]) if version else ("", [])
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT * FROM comparisons {where} ORDER BY seq DESC LIMIT ?",
+                                (*args, limit)).fetchall()
+        return [Evidence(r["baseline"], r["candidate"], r["measure"], float(r["baseline_mean"]),
+                         float(r["candidate_mean"]), float(r["diff"]), float(r["low"]), float(r["high"]),
+                         float(r["confidence"]), int(r["queries"]), int(r["documents"]), r["query_set"],
+                         r["at"], r["by"]) for r in rows]
 
     def history(self, limit: int = 50) -> list[RegistryChange]:
         with self._db.read() as conn:

@@ -26,6 +26,7 @@ from tiering.fusion import RRF_K, FusionMethod, PlattCurve
 
 __all__ = [
     "MEASURES",
+    "measure_names",
     "EvalSpace",
     "EvalCorpus",
     "Policy",
@@ -42,6 +43,13 @@ __all__ = [
 ]
 
 MEASURES = ("nDCG@10", "R@10", "RR@10")
+
+
+def measure_names(k: int = 10) -> tuple[str, str, str]:
+    """The names ir-measures gives nDCG, recall and reciprocal rank at cut-off ``k``."""
+    return (f"nDCG@{k}", f"R@{k}", f"RR@{k}")
+
+
 Qrels = Mapping[str, Mapping[str, int]]  # query id -> document id -> grade
 FloatMatrix = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -176,11 +184,11 @@ def fused_matrix(
 
 
 def rank_policy(
-    spaces: Sequence[EvalSpace], corpus: EvalCorpus, policy: Policy
+    spaces: Sequence[EvalSpace], corpus: EvalCorpus, policy: Policy, *, depth: int = _TOP
 ) -> dict[str, list[tuple[str, float]]]:
-    """The top documents of every query under ``policy``: query id -> [(doc id, score)]."""
+    """The top ``depth`` documents of every query under ``policy``: query id -> [(doc id, score)]."""
     fused = fused_matrix(spaces, corpus, policy)
-    top = np.argsort(-fused, axis=1, kind="stable")[:, :_TOP]
+    top = np.argsort(-fused, axis=1, kind="stable")[:, :depth]
     run: dict[str, list[tuple[str, float]]] = {}
     for qi, qid in enumerate(corpus.query_ids):
         run[qid] = [(corpus.doc_ids[j], float(fused[qi, j])) for j in top[qi] if np.isfinite(fused[qi, j])]
@@ -188,14 +196,14 @@ def rank_policy(
 
 
 def per_query_metrics(
-    run: Mapping[str, Sequence[tuple[str, float]]], qrels: Qrels, query_ids: Sequence[str]
+    run: Mapping[str, Sequence[tuple[str, float]]], qrels: Qrels, query_ids: Sequence[str], *, k: int = 10
 ) -> dict[str, npt.NDArray[np.float64]]:
-    """nDCG@10, R@10 and RR@10 per query, computed by ir-measures; a query with no result
-    scores 0 (ir-measures leaves it out)."""
+    """nDCG@k, R@k and RR@k (k = 10 by default) per query, computed by ir-measures; a query
+    with no result scores 0 (ir-measures leaves it out)."""
     import ir_measures
     from ir_measures import RR, R, nDCG
 
-    measures = [nDCG @ 10, R @ 10, RR @ 10]
+    measures = [nDCG @ k, R @ k, RR @ k]
     judged = [ir_measures.Qrel(q, d, int(g)) for q in query_ids for d, g in qrels.get(q, {}).items()]
     scored = [ir_measures.ScoredDoc(q, d, s) for q in query_ids for d, s in run.get(q, ())]
     values: dict[str, dict[str, float]] = {str(m): {} for m in measures}
@@ -204,10 +212,11 @@ def per_query_metrics(
     return {name: np.asarray([by_q.get(q, 0.0) for q in query_ids]) for name, by_q in values.items()}
 
 
-def evaluate_policy(spaces: Sequence[EvalSpace], corpus: EvalCorpus, policy: Policy) -> PolicyResult:
-    """Rank every query under ``policy`` and score it."""
-    run = rank_policy(spaces, corpus, policy)
-    return PolicyResult(policy, per_query_metrics(run, corpus.qrels, corpus.query_ids))
+def evaluate_policy(spaces: Sequence[EvalSpace], corpus: EvalCorpus, policy: Policy, *,
+                    k: int = 10) -> PolicyResult:
+    """Rank every query under ``policy`` and score it at cut-off ``k``."""
+    run = rank_policy(spaces, corpus, policy, depth=max(_TOP, k))
+    return PolicyResult(policy, per_query_metrics(run, corpus.qrels, corpus.query_ids, k=k))
 
 
 def paired_bootstrap(
