@@ -2,7 +2,8 @@
 
 ``tierembed run SOURCE`` runs the ``embed-documents`` flow (against a Prefect server when
 PREFECT_API_URL is set, else Prefect's ephemeral API); ``tierembed search`` queries the
-embedded store; ``tierembed replay`` re-runs a dead-letter set. ``--help`` on any command
+embedded store; ``tierembed replay`` re-runs a dead-letter set; ``tierembed prune`` removes
+vectors whose document left the source or moved to another model version. ``--help`` on any command
 explains its options.
 """
 
@@ -360,11 +361,13 @@ def show_config(config: ConfigOpt = None) -> None:
 
 from flows.cli_budget import budget_app  # noqa: E402
 from flows.cli_models import models_app  # noqa: E402
+from flows.cli_prune import prune_command  # noqa: E402
 from flows.cli_router import router_app  # noqa: E402
 
 app.add_typer(router_app, name="router")
 app.add_typer(budget_app, name="budget")
 app.add_typer(models_app, name="models")
+app.command("prune")(prune_command)
 
 
 def main() -> None:

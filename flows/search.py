@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,7 +36,11 @@ from store.vector_reader import StoredDoc, VectorReader, open_reader
 from tiering.errors import ConfigError
 from tiering.evaluation import reference_indices
 from tiering.fusion import FusionMethod, PlattCurve, VersionResult, fuse, zscore_calibration
+from tiering.prune import superseded
 from tiering.settings import TierembedSettings
+
+if TYPE_CHECKING:
+    from beam_pipeline.sinks.hits import SearchHit
 
 __all__ = ["SearchResult", "Searcher", "open_searcher", "open_store", "search_store", "load_platt",
            "save_platt"]
@@ -170,6 +175,8 @@ class Searcher:
         qv = self._query_vectors(query)
         depth = max(self.settings.search.candidates, k)
         hits = {v: self.store.search(v, qv[v].tolist(), depth) for v in self.versions}
+        stale = self._superseded(hits)
+        hits = {v: [h for h in hs if (v, h.id) not in stale] for v, hs in hits.items()}
         texts = {h.id: h.text for hs in hits.values() for h in hs}
         candidates = set(texts)
         results = []
@@ -177,7 +184,7 @@ class Searcher:
             scores = {h.id: float(h.score) for h in hits[v]}
             missing = candidates - set(scores)
             if missing and self.method is not FusionMethod.RRF:
-                for doc_id, doc in self.store.fetch(v, missing).items():
+                for doc_id, doc in self.store.fetch(v, missing - {i for w, i in stale if w == v}).items():
                     scores[doc_id] = float(doc.vector @ qv[v])
             calibration = (zscore_calibration(qv[v], self.reference(v))
                            if self.method is not FusionMethod.RRF else None)
@@ -188,6 +195,15 @@ class Searcher:
                              {v: round(x, 4) for v, x in h.scores.items()},
                              {v: round(x, 4) for v, x in h.calibrated.items()}, dict(h.ranks))
                 for h in fused]
+
+    def _superseded(self, hits: dict[str, list[SearchHit]]) -> set[tuple[str, str]]:
+        """(version, id) pairs never returned: another served version holds the document
+        embedded from different text, later - it changed and moved there (see
+        :func:`tiering.prune.superseded`); hidden even before ``tierembed prune`` removes them."""
+        if len(self.versions) < 2:
+            return set()
+        ids = {h.id for hs in hits.values() for h in hs}
+        return superseded({v: self.store.stamps(v, ids) for v in self.versions})
 
     def search_many(self, queries: Sequence[str], k: int = 5) -> list[list[SearchResult]]:
         return [self.search(q, k) for q in queries]

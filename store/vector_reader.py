@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from tiering.prune import RowStamp
 from tiering.settings import TierembedSettings, sanitize_identifier
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ class VectorReader(Protocol):
     def ids(self, version: str) -> list[str]: ...
 
     def fetch(self, version: str, ids: Iterable[str]) -> dict[str, StoredDoc]: ...
+
+    def stamps(self, version: str, ids: Iterable[str]) -> dict[str, RowStamp]: ...
 
     def read_version(self, version: str) -> StoredVersion: ...
 
@@ -127,6 +131,21 @@ class LanceDBReader:
                 out[doc_id] = StoredDoc(doc_id, cols["text"][i], cols["content_hash"][i], vectors[i])
         return out
 
+    def stamps(self, version: str, ids: Iterable[str]) -> dict[str, RowStamp]:
+        """Content hash and embedded_at of ``version``'s rows of ``ids`` (two small columns)."""
+        wanted = sorted(set(ids))
+        table = self._table(version)
+        out: dict[str, RowStamp] = {}
+        if table is None or not wanted:
+            return out
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            cols = (table.search().where(f"id IN ({_quoted(part)})")
+                    .select(["id", "content_hash", "embedded_at"]).limit(len(part)).to_arrow().to_pydict())
+            for doc_id, digest, at in zip(cols["id"], cols["content_hash"], cols["embedded_at"], strict=True):
+                out[doc_id] = RowStamp(digest or "", at)
+        return out
+
     def read_version(self, version: str) -> StoredVersion:
         table = self._table(version)
         if table is None:
@@ -194,6 +213,23 @@ class WeaviateReader:
             vec = _unit([obj.vector[name]])[0]
             out[str(p["doc_id"])] = StoredDoc(str(p["doc_id"]), str(p.get("text", "")),
                                               str(p.get("content_hash", "")), vec)
+        return out
+
+    def stamps(self, version: str, ids: Iterable[str]) -> dict[str, RowStamp]:
+        from weaviate.classes.query import Filter
+
+        wanted, out = sorted(set(ids)), {}
+        for start in range(0, len(wanted), 200):
+            part = wanted[start : start + 200]
+            reply = self._store._collection.query.fetch_objects(
+                filters=Filter.by_property("model_version").equal(version)
+                & Filter.by_property("doc_id").contains_any(part),
+                limit=len(part), return_properties=["doc_id", "content_hash", "embedded_at"])
+            for obj in reply.objects:
+                p = obj.properties
+                at = p.get("embedded_at")
+                out[str(p["doc_id"])] = RowStamp(str(p.get("content_hash") or ""),
+                                                 at if isinstance(at, datetime) else None)
         return out
 
     def read_version(self, version: str) -> StoredVersion:

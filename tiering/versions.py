@@ -13,7 +13,8 @@ States:
 - ``live``: served by search; ``traffic_weight`` is its share of its tier's new documents in
   the stable A/B split. A live version with weight 0 still serves what it embedded (for
   example the old version while a backfill re-embeds the corpus), but receives nothing new.
-- ``retired``: neither embedded nor served; its vectors stay in the store until pruned.
+- ``retired``: neither embedded nor served; its vectors stay in the store until
+  ``tierembed prune SOURCE --include-retired``.
 
 Invariant: every tier with a live version keeps at least one live version of positive
 weight, so each document still has a version to go to.
@@ -186,7 +187,7 @@ def shadow(registry: Registry, version: str, *, sample: float, by: str, at: str)
 
 def retire(registry: Registry, version: str, *, by: str, at: str) -> Registry:
     """Stop embedding and serving ``version``; its traffic goes to the other live versions
-    of its tier. Its stored vectors stay until ``tierembed run --prune``."""
+    of its tier. Its stored vectors stay until ``tierembed prune SOURCE --include-retired``."""
     entry = registry.require(version)
     taken = _without_traffic(registry, entry, "retire", by, at)
     changed = _stamp(entry, by, at, state=VersionState.RETIRED, traffic_weight=0.0, shadow_sample=0.0)

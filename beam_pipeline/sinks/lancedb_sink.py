@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ from beam_pipeline.sinks.bundles import BufferedUpsert, in_global_window
 from beam_pipeline.sinks.hits import SearchHit
 from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from tiering.documents import DeadLetter, EmbeddedDocument
+from tiering.prune import StoredRow
 from tiering.settings import sanitize_identifier
 from tiering.storable import unstorable_reason
 
@@ -38,6 +39,7 @@ __all__ = ["LanceDBSinkConfig", "LanceDBStore", "SearchHit"]
 
 _log = logging.getLogger(__name__)
 STAGE = "write"
+DELETE_CHUNK = 500  # rows per delete predicate: keeps each SQL filter a few tens of KB
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,35 @@ class LanceDBStore:
         cols = table.search().select(["id", "content_hash"]).to_arrow().to_pydict()
         return dict(zip(cols["id"], cols["content_hash"], strict=True))
 
+    def stored_rows(self, page_rows: int = 10_000) -> Iterator[StoredRow]:
+        """Every row of every version's table: id, model version, content hash, embedded_at
+        (read as a stream of the four small columns, never text or vectors)."""
+        prefix = f"{self.config.table_prefix}__"
+        for name in sorted(self.db.list_tables().tables):
+            if not name.startswith(prefix):
+                continue
+            table = self.db.open_table(name)
+            wanted = ["id", "model_version", "content_hash", "embedded_at"]
+            for batch in table.search().select(wanted).to_batches(page_rows):
+                cols = batch.to_pydict()
+                for i, version, digest, at in zip(*(cols[c] for c in wanted), strict=True):
+                    yield StoredRow(i, version or name[len(prefix):], digest or "", at)
+
+    def delete(self, version: str, rows: Mapping[str, str]) -> int:
+        """Delete ``version``'s rows of the ids in ``rows`` ({id: content hash}); a row is
+        deleted only while it still holds that content hash (a run that re-embedded the
+        document meanwhile wins). Returns the number of rows deleted."""
+        table = self._open(version, None)
+        if table is None or not rows:
+            return 0
+        items = sorted(rows.items())
+        deleted = 0
+        for start in range(0, len(items), DELETE_CHUNK):
+            part = items[start : start + DELETE_CHUNK]
+            where = " OR ".join(f"(id = {_sql_text(i)} AND content_hash = {_sql_text(h)})" for i, h in part)
+            deleted += int(table.delete(where).num_deleted_rows)
+        return deleted
+
     def search(self, version: str, vector: list[float], k: int) -> list[SearchHit]:
         table = self._open(version, None)
         if table is None:
@@ -157,6 +188,11 @@ class LanceDBStore:
                       r["metadata"])
             for r in rows
         ]
+
+
+def _sql_text(value: str) -> str:
+    """A string literal for a LanceDB (DataFusion SQL) filter."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 @beam.typehints.with_input_types(EmbeddedDocument)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +59,7 @@ from beam_pipeline.telemetry import SinkTelemetry, TelemetryContext
 from store.stored_hashes import StoredHash, weaviate_hash_pages
 from tiering.documents import DeadLetter, EmbeddedDocument
 from tiering.errors import ConfigError, TerminalError, TransientError
+from tiering.prune import StoredRow
 from tiering.settings import SinkSettings, sanitize_identifier
 from tiering.storable import unstorable_reason
 from tiering.validation import unencodable_at
@@ -90,6 +91,12 @@ _PROPERTIES: tuple[tuple[str, str, str | None, bool, bool], ...] = (
     ("embedded_at", "date", None, True, False),
 )
 _HIT_PROPERTIES = ["doc_id", "text", "tier", "model_version", "metadata"]
+_ROW_PROPERTIES = ["doc_id", "model_version", "content_hash", "embedded_at"]
+# Objects per delete_many filter. A batch delete removes at most QUERY_MAXIMUM_RESULTS objects
+# (server default 10,000) and reports every match (adapters/repos/db/batch.go,
+# BatchDeleteObjects); a chunk far below it keeps the filter small, and ``delete`` repeats a
+# call anyway while matches remain, so a server configured lower still deletes them all.
+DELETE_CHUNK = 200
 
 
 def vector_name(model_version: str) -> str:
@@ -398,6 +405,58 @@ class WeaviateStore:
             if not self._client.collections.exists(self.config.collection):
                 return
             yield from weaviate_hash_pages(self._collection, versions)
+
+    def stored_rows(self) -> Iterator[StoredRow]:
+        """Every (document, version) object: id, model version, content hash, embedded_at,
+        in one pass of the collection's cursor (which cannot take a filter)."""
+        with self._reading("reading stored rows"):
+            if not self._client.collections.exists(self.config.collection):
+                return
+            for obj in self._collection.iterator(return_properties=_ROW_PROPERTIES):
+                p = obj.properties
+                at = p.get("embedded_at")
+                yield StoredRow(str(p["doc_id"]), str(p.get("model_version") or ""),
+                                str(p.get("content_hash") or ""), at if isinstance(at, datetime) else None)
+
+    def delete(self, version: str, rows: Mapping[str, str]) -> int:
+        """Delete ``version``'s objects of the ids in ``rows`` ({id: content hash}) with
+        ``delete_many`` (gRPC BatchDelete); an object is deleted only while it still holds that
+        content hash. Returns the number deleted; raises when the server reports a failure."""
+        from weaviate.classes.query import Filter
+
+        items = sorted(rows.items())
+        with self._reading("checking the collection"):
+            if not items or not self._client.collections.exists(self.config.collection):
+                return 0  # the server refuses a delete in a collection it does not have
+        deleted = 0
+        for start in range(0, len(items), DELETE_CHUNK):
+            part = items[start : start + DELETE_CHUNK]
+            where = Filter.by_property("model_version").equal(version) & Filter.any_of([
+                Filter.by_id().equal(object_uuid(i, version)) & Filter.by_property("content_hash").equal(h)
+                for i, h in part])
+            deleted += self._delete_all(where, version)
+        return deleted
+
+    def _delete_all(self, where: Any, version: str) -> int:
+        """``delete_many`` until nothing matches: one call removes at most the server's
+        QUERY_MAXIMUM_RESULTS objects while ``matches`` counts them all."""
+        deleted = 0
+        with self._reading(f"deleting stale objects of model version {version!r}"):
+            while True:
+                reply = self._collection.data.delete_many(where=where, verbose=False)
+                deleted += int(reply.successful)
+                if reply.failed:
+                    raise TerminalError(
+                        f"Weaviate could not delete {reply.failed} of {reply.matches} stale objects of "
+                        f"model version {version!r} in collection {self.config.collection!r} ({deleted} "
+                        "deleted); run `tierembed prune --apply` again to retry them", stage="prune")
+                if reply.matches <= reply.successful:
+                    return deleted
+                if reply.successful == 0:  # matches left, none deleted: never loop on it
+                    raise TerminalError(
+                        f"Weaviate matched {reply.matches} stale objects of model version {version!r} "
+                        f"but deleted none ({deleted} deleted before); run `tierembed prune --apply` again",
+                        stage="prune")
 
     def search(self, version: str, vector: Sequence[float], k: int) -> list[SearchHit]:
         """Nearest documents in ``version``'s own space; score = cosine similarity."""

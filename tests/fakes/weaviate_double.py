@@ -13,7 +13,10 @@ gRPC (``grpcio``, the ``weaviate.v1.Weaviate`` service from the protos shipped i
 weaviate-client, ``weaviate.proto.v1``)
     ``BatchObjects``, ``Search`` (fetch with ``after`` cursor / offset / limit, filters,
     ``near_vector`` on one target vector with cosine / dot / l2-squared distance),
-    ``Aggregate`` (``objects_count`` with filters) and ``grpc.health.v1.Health/Check``.
+    ``Aggregate`` (``objects_count`` with filters), ``BatchDelete`` (filter required; at
+    most ``query_maximum_results`` objects removed per call while ``matches`` counts every
+    match, as ``adapters/repos/db/batch.go`` ``BatchDeleteObjects`` does; ``dry_run`` and
+    ``verbose``) and ``grpc.health.v1.Health/Check``.
     Everything else answers UNIMPLEMENTED, never UNAVAILABLE (the client retries
     UNAVAILABLE for minutes).
 
@@ -31,7 +34,7 @@ gRPC ``authorization`` metadata).
 Deliberate differences: auto-schema is off (unknown properties are per-object errors);
 only self-provided vectors (``vectorizer: none``), single vectors, scalar property types
 plus ``text[]``; no multi-tenancy, references, nested objects, BM25/hybrid, group-by,
-sorting, multi-target search, BatchDelete, tenants or replication.
+sorting, multi-target search, tenants or replication.
 
 Faults on demand: any text property containing ``reject_marker`` (default ``__REJECT__``)
 gets a per-object error; :meth:`WeaviateDouble.fail_next_batch` makes the next
@@ -67,6 +70,7 @@ from google.protobuf import json_format
 from weaviate.proto.v1 import (
     aggregate_pb2,
     base_pb2,
+    batch_delete_pb2,
     batch_pb2,
     health_weaviate_pb2,
     properties_pb2,
@@ -80,6 +84,7 @@ DEFAULT_VERSION = "1.32.0"
 REJECT_MARKER = "__REJECT__"
 GRPC_MAX_MESSAGE = 104_858_000  # Weaviate's default GRPC_MAX_MESSAGE_SIZE
 QUERY_DEFAULT_LIMIT = 10
+QUERY_MAXIMUM_RESULTS = 10_000  # Weaviate's default: the most objects one batch delete removes
 _NAME_RE = re.compile(r"^[_A-Za-z][_0-9A-Za-z]{0,229}$")
 _CLASS_RE = re.compile(r"^[A-Z][_0-9A-Za-z]*$")
 _SCALAR_TYPES = {"text", "int", "number", "boolean", "date", "uuid", "text[]"}
@@ -495,8 +500,10 @@ class WeaviateDouble:
     """In-process Weaviate stand-in; see the module docstring for what it implements."""
 
     def __init__(self, *, version: str = DEFAULT_VERSION, api_key: str | None = None,
-                 reject_marker: str = REJECT_MARKER) -> None:
+                 reject_marker: str = REJECT_MARKER,
+                 query_maximum_results: int = QUERY_MAXIMUM_RESULTS) -> None:
         self.version = version
+        self.query_maximum_results = query_maximum_results
         self.api_key = api_key
         self.reject_marker = reject_marker
         self.calls: Counter[str] = Counter()
@@ -733,6 +740,35 @@ class WeaviateDouble:
         )
         return aggregate_pb2.AggregateReply(took=time.time() - start, single_result=single)
 
+    def batch_delete(self, request: batch_delete_pb2.BatchDeleteRequest) -> batch_delete_pb2.BatchDeleteReply:
+        """Weaviate's BatchDelete: every object matching the (required) filter counts in
+        ``matches``; at most ``query_maximum_results`` of them are removed (or, with
+        ``dry_run``, reported as removable) per call; the caller repeats until none match."""
+        start = time.time()
+        if request.tenant:
+            raise _unimplemented("BatchDelete with a tenant")
+        with self._lock:
+            col = self.collection(request.collection)
+            if not request.HasField("filters"):
+                raise _Refusal("no filters in batch delete request", code=grpc.StatusCode.UNKNOWN)
+            matched = [o for o in sorted(col.objects.values(), key=lambda o: o.uuid)
+                       if _matches(col, o, request.filters)]
+            chosen = matched[: self.query_maximum_results]
+            if not request.dry_run:
+                for obj in chosen:
+                    del col.objects[obj.uuid]
+        objects = [batch_delete_pb2.BatchDeleteObject(uuid=_uuid_int_bytes(o.uuid), successful=True, error="")
+                   for o in chosen] if request.verbose else []
+        return batch_delete_pb2.BatchDeleteReply(took=time.time() - start, failed=0, matches=len(matched),
+                                                 successful=len(chosen), objects=objects)
+
+
+def _uuid_int_bytes(uid: str) -> bytes:
+    """A UUID as the server sends it in a BatchDelete reply: the big-endian bytes of the
+    128-bit integer with leading zero bytes dropped (Go's ``big.Int.Bytes()``)."""
+    value = uuid_lib.UUID(uid).int
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
 
 class _Servicer(weaviate_pb2_grpc.WeaviateServicer):  # type: ignore[misc]
     """``weaviate.v1.Weaviate``; methods not defined here answer UNIMPLEMENTED."""
@@ -758,6 +794,9 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):  # type: ignore[misc]
 
     def Aggregate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._run("Aggregate", context, lambda: self._double.aggregate(request))
+
+    def BatchDelete(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._run("BatchDelete", context, lambda: self._double.batch_delete(request))
 
 
 def _health_handler() -> grpc.GenericRpcHandler:

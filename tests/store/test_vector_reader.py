@@ -61,3 +61,10 @@ def test_reader_counts_lists_fetches_reads_and_searches_each_version(reader: Vec
     assert table.cost_usd == pytest.approx(0.75)
     hits = reader.search("v-1", [0.0, 1.0, 0.0], 2)
     assert [h.id for h in hits] == ["b", "c"] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reader_stamps_give_hash_and_time_of_the_ids_a_version_holds(reader: VectorReader) -> None:
+    stamps = reader.stamps("v-1", ["c", "a", "missing"])
+    assert sorted(stamps) == ["a", "c"] and stamps["c"].content_hash == "h-c"
+    assert all(s.embedded_at is not None and s.embedded_at.tzinfo is not None for s in stamps.values())
+    assert reader.stamps("v-2", ["a"]) == {} and reader.stamps("v-1", []) == {}
