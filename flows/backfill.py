@@ -10,9 +10,9 @@ earlier ones left (their spend read from the ledger, recorded as replies arrived
 the budget does not admit is deferred to the next backfill run, never sent to another
 version. Progress comes from the run's progress artifact like any run.
 
-Deployment: ``backfill-version/adhoc`` in ``deployments/prefect.yaml``::
+Deployment: ``backfill-version/backfill`` in ``deployments/prefect.yaml``::
 
-    prefect deployment run backfill-version/adhoc --param version=te3-large \\
+    prefect deployment run backfill-version/backfill --param version=te3-large \\
         --param source='gs://bucket/docs/*.jsonl' --param budget_usd=20
 """
 

@@ -284,7 +284,7 @@ def retire_version(
     config: ConfigOpt = None, by: ByOpt = None,
 ) -> None:
     """Stop embedding and serving VERSION (its traffic goes to the tier's other live
-    versions). Its vectors stay in the store until a run with --prune removes them."""
+    versions). Its vectors stay in the store until `tierembed prune SOURCE --include-retired` removes them."""
     _change(config, by, "retire", version, "",
             lambda reg, who, at: retire(reg, version, by=who, at=at))
 
@@ -314,7 +314,7 @@ def backfill(
     config: ConfigOpt = None,
 ) -> None:
     """Embed every document of SOURCE with VERSION only, skipping what it already holds;
-    run it again to resume. The same flow runs as the `backfill-version/adhoc` deployment."""
+    run it again to resume. The same flow runs as the `backfill-version/backfill` deployment."""
     from flows.backfill import run_backfill
     from flows.cli import _setup_logging, _stopped
     from flows.endpoint import raise_if_api_never_worked
