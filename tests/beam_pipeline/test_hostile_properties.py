@@ -338,11 +338,12 @@ def test_the_pipeline_embeds_or_dead_letters_every_record_and_stores_exactly_the
             "sink": {"lancedb": {"uri": str(root / "store")}},
             "dead_letters": {"dir": str(root / "dl")},
             "api": {"endpoint": "custom", "base_url": fake_api.base_url, "api_key": "t",
-                    "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}]},
-            "routing": {"api_threshold": 0.0},
+                    "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}],
+                    "result_cache": {"path": str(root / "results.sqlite")}},
+            "routing": {"api_threshold": 0.0, "mode": "exclusive"},  # one vector per good record
         })
         outcome = run_pipeline(PipelineSpec(settings_, str(root / "in"), "hyp", None,
-                                            ResolvedApi(fake_api.base_url, "t", "fake"), {}))
+                                            ResolvedApi(fake_api.base_url, "t", "fake")))
         prices = api_prices(settings_)
         report = build_report(
             run_id="hyp", source=str(root / "in"), counters=outcome.counters,

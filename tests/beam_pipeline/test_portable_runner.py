@@ -85,8 +85,11 @@ def _settings(make_settings: SettingsFactory, server: FakeOpenAIServer, store: s
               **pipeline: Any) -> TierembedSettings:
     return make_settings({
         "api": {"endpoint": "custom", "base_url": server.base_url, "api_key": "test",
-                "models": [{"version": "fake-v1", "model": "fake-embed", "price_per_million_tokens": 2.0}]},
-        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0},
+                "models": [{"version": "fake-v1", "model": "fake-embed", "price_per_million_tokens": 2.0}],
+                # each run its own result cache: the second must pay as the first did
+                "result_cache": {"path": store + "-results.sqlite"}},
+        "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}], "api_threshold": 1.0,
+                    "mode": "exclusive"},
         "local": {"precision": "fp32"},
         "sink": {"lancedb": {"uri": store}},
         **({"pipeline": pipeline} if pipeline else {}),
