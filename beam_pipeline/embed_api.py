@@ -284,12 +284,18 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
             return
         if error_type == "RunBudgetReached":
             _counter(f"fell_back_budget.api.{self._branch.version}").inc()
+            if routed.has_local_target:
+                # coverage mode: the budget keeps the document local-only, as the plan does
+                # for the documents it does not admit; nothing failed, nothing to replay
+                _counter(f"budget_kept_local.api.{self._branch.version}").inc()
+                return
         yield self._retarget(routed, why, error_type)
 
     def _retarget(self, routed: RoutedDocument, why: str, error_type: str) -> pvalue.TaggedOutput:
         """Re-target a document to the local tier, recording why on the document; one that
         already has a local target (coverage mode) keeps it and its API target is
-        dead-lettered, retryable, instead of writing the local vector twice."""
+        dead-lettered, retryable (the breaker was open: replay adds the API vector), instead
+        of writing the local vector twice."""
         if routed.has_local_target:
             failure = CallFailure(
                 _NOT_SENT_STATUS[error_type], error_type,

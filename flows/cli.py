@@ -190,6 +190,7 @@ def _report_from_dict(d: dict) -> "object":
         backfill_deferred=d.get("backfill_deferred", 0),
         backfill_not_sent=d.get("backfill_not_sent", 0),
         shadow_not_sent=d.get("shadow_not_sent", 0),
+        budget_kept_local=d.get("budget_kept_local", 0),
         api_requests=tuple(sorted(d["api_requests"].items())), api_retries=d["api_retries"],
         dead_letter_path=d["dead_letter_path"], budget_usd=d["budget_usd"],
         month_to_date_usd=d["month_to_date_usd"], monthly_limit_usd=d["monthly_limit_usd"],

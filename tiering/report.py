@@ -73,6 +73,7 @@ class RunReport:
     backfill_deferred: int = 0  # backfill: documents the budget left for the next backfill run
     backfill_not_sent: int = 0  # ... of which routed, then kept from the API by its spend cap or breaker
     shadow_not_sent: int = 0  # shadow API targets the spend cap or breaker kept (live vector kept)
+    budget_kept_local: int = 0  # coverage: API targets the spend cap kept (local vector kept)
     api_breaker: tuple[tuple[str, int], ...] = ()  # circuit breaker transitions, by name
     api_cached: int = 0  # API documents whose vectors came from the result cache
     api_size_splits: int = 0  # requests split after a refusal for size
@@ -122,7 +123,8 @@ class RunReport:
     def accounting_ok(self) -> bool:
         """Nothing lost: read = valid + validation dead letters; valid = routed + skipped
         (+ deferred by a backfill's plan); every routed (document, version) target = written +
-        dead-lettered after validation + not sent (backfill deferred at run time, shadow)."""
+        dead-lettered after validation + not sent (backfill deferred at run time, shadow,
+        coverage targets the spend cap kept local-only)."""
         validate_dl = dict(self.dead_letters_by_stage).get("validate", 0)
         targets = sum(line.routed for line in self.lines)
         return (
@@ -130,7 +132,7 @@ class RunReport:
             and self.documents_valid == self.documents_routed + self.skipped_unchanged
             + self.backfill_deferred - self.backfill_not_sent
             and targets == self.written + self.dead_letters - validate_dl
-            + self.backfill_not_sent + self.shadow_not_sent
+            + self.backfill_not_sent + self.shadow_not_sent + self.budget_kept_local
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -148,6 +150,7 @@ class RunReport:
             "backfill_deferred": self.backfill_deferred,
             "backfill_not_sent": self.backfill_not_sent,
             "shadow_not_sent": self.shadow_not_sent,
+            "budget_kept_local": self.budget_kept_local,
             "cost_usd": self.cost_usd,
             "est_cost_usd": self.est_cost_usd,
             "budget_usd": self.budget_usd,
@@ -254,6 +257,7 @@ def build_report(
         backfill_deferred=counters.get("backfill_deferred", 0) + counters.get("backfill_not_sent", 0),
         backfill_not_sent=counters.get("backfill_not_sent", 0),
         shadow_not_sent=sum(n for k, n in counters.items() if k.startswith("shadow_not_sent.")),
+        budget_kept_local=sum(n for k, n in counters.items() if k.startswith("budget_kept_local.")),
         api_requests=tuple(sorted(merged.items())),
         api_retries=sum(n for k, n in counters.items() if k.startswith("api_retries.")),
         api_breaker=_summed(counters, "api_breaker.", lambda k: k.rsplit(".", 1)[1]),

@@ -201,30 +201,41 @@ def test_run_budget_reached_routes_the_rest_to_local_and_counts_it(server: FakeO
     assert counters[f"fell_back_budget.api.{VERSION}"] == moved == counters[f"fell_back.api.{VERSION}"]
 
 
-@pytest.mark.parametrize(("cause", "error_type"),
-                         [("breaker", "CircuitOpen"), ("budget", "RunBudgetReached")])
-def test_coverage_document_is_dead_lettered_not_sent_to_local_a_second_time(
-    server: FakeOpenAIServer, cause: str, error_type: str,
+def test_coverage_document_is_dead_lettered_not_sent_to_local_a_second_time_when_the_breaker_opens(
+    server: FakeOpenAIServer,
 ) -> None:
     # Coverage mode: the document already goes to local; a second local copy would put the
-    # same id twice into one LanceDB merge_insert.
+    # same id twice into one LanceDB merge_insert. An outage is a failure: replay adds the
+    # API vector later.
     docs = [replace(routed(f"d{i}", " ".join(["word"] * 10)), has_local_target=True) for i in range(3)]
-    dollar_a_token = Price(MODEL, "1000000")
-    if cause == "breaker":
-        server.configure(dead=True)
-        api = branch(server, limits=RequestLimits(1, 300_000, PER_INPUT))
-    else:
-        api = replace(branch(server, spend_cap_usd=5.0, price=dollar_a_token), price=dollar_a_token)
+    server.configure(dead=True)
+    api = branch(server, limits=RequestLimits(1, 300_000, PER_INPUT))
 
     def keeps_local(items: Sequence[DeadLetter]) -> None:
         for d in items:
-            assert (d.error_type, d.retryable, d.tier) == (error_type, True, "api")
+            assert (d.error_type, d.retryable, d.tier) == ("CircuitOpen", True, "api")
             assert "keeps its local vector" in d.message and "tierembed replay" in d.message
 
     counters = run_stage(api, docs, embedded=ids(set()), fallback=ids(set()),
                          dead=every(ids({"d0", "d1", "d2"}), keeps_local))
 
     assert f"fell_back.api.{VERSION}" not in counters and counters["dead_letters.embed"] == 3
+
+
+def test_coverage_document_the_spend_cap_refuses_stays_local_only_and_is_no_failure(
+    server: FakeOpenAIServer,
+) -> None:
+    # The budget keeping a coverage document local-only is the plan working, not a failure:
+    # no dead letter, no second local copy; counted apart so the accounting adds up.
+    docs = [replace(routed(f"d{i}", " ".join(["word"] * 10)), has_local_target=True) for i in range(3)]
+    dollar_a_token = Price(MODEL, "1000000")
+    api = replace(branch(server, spend_cap_usd=5.0, price=dollar_a_token), price=dollar_a_token)
+
+    counters = run_stage(api, docs, embedded=ids(set()), fallback=ids(set()), dead=ids(set()))
+
+    assert counters[f"budget_kept_local.api.{VERSION}"] == 3 == counters[f"fell_back_budget.api.{VERSION}"]
+    assert f"fell_back.api.{VERSION}" not in counters and "dead_letters.embed" not in counters
+    assert server.stats().requests_total == 0
 
 
 def test_documents_are_chunked_to_the_limit_the_token_rate_allows(server: FakeOpenAIServer) -> None:
