@@ -29,8 +29,8 @@ from beam_pipeline.read import match_input
 from flows.budget_events import Emit, settle_budget
 from flows.endpoint import (
     ApiTierUnavailable,
+    api_never_worked,
     preflight,
-    raise_if_api_never_worked,
     resolve_endpoint,
     settings_for_endpoint,
 )
@@ -161,6 +161,9 @@ def run_embedding(
     dl = settings.dead_letters
     ending = run_outcome(report, OutcomePolicy(dl.max_failed_fraction, dl.max_invalid_fraction))
     report = replace(report, status=ending.status.value, status_reasons=ending.reasons)
+    never = api_never_worked(report)
+    if never is not None:  # a run that never reached its API fails, whatever else it did
+        report = replace(report, status=RunStatus.FAILED.value, status_reasons=(never, *ending.reasons))
     telemetry.finished(report, status)  # month-to-date gauges from the ledger; flush
     return report
 
@@ -284,5 +287,4 @@ def embed_documents(
     report = run_embedding(settings, source, budget_usd=budget_usd, full_refresh=full_refresh,
                            run_id=run_id)
     publish_report(report)
-    raise_if_api_never_worked(report)
     return flow_state(report)

@@ -42,7 +42,7 @@ from tiering.report import RunReport
 from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
 
 __all__ = ["LocalApiServer", "resolve_endpoint", "endpoint_mode", "settings_for_endpoint",
-           "STANDIN_SUFFIX", "ApiTierUnavailable", "preflight", "raise_if_api_never_worked"]
+           "STANDIN_SUFFIX", "ApiTierUnavailable", "preflight", "api_never_worked", "raise_if_api_never_worked"]
 
 _log = logging.getLogger(__name__)
 
@@ -305,22 +305,29 @@ def _warn_transient(api: ResolvedApi, model: str, exc: BaseException) -> None:
                  "its breaker waits for the endpoint)", _where(api), _short(exc), model)
 
 
-def raise_if_api_never_worked(report: RunReport) -> None:
-    """Fail a finished run whose API tier had documents and requests but not one reply:
-    its documents went to the local tier or the dead letters, which the run must not pass
-    off as a success."""
+def api_never_worked(report: RunReport) -> str | None:
+    """Why a finished run must fail because its API tier had documents and requests but
+    not one reply (its documents went to the local tier or the dead letters, which the run
+    must not pass off as a success); None when the API worked, or was never asked."""
     api_lines = [line for line in report.lines if line.tier == "api"]
     wanted = sum(line.routed for line in api_lines)
     embedded = sum(line.documents for line in api_lines)
     statuses = dict(report.api_requests)
     sent = sum(statuses.values())
     if wanted == 0 or embedded > 0 or sent == 0 or statuses.get("200", 0) > 0:
-        return
+        return None
     seen = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
     fell_back = sum(line.fell_back for line in api_lines)
-    raise ApiTierUnavailable(
+    return (
         f"API tier: every one of {sent} requests to {report.endpoint} failed ({seen}); "
         f"{wanted} documents wanted it: {fell_back} went to the local tier, the rest are in "
         f"the dead letters ({report.dead_letter_path}). Fix the endpoint (api.base_url, key, "
         "model), then replay them with `tierembed replay`."
     )
+
+
+def raise_if_api_never_worked(report: RunReport) -> None:
+    """Raise :class:`ApiTierUnavailable` with :func:`api_never_worked`'s reason, if any."""
+    why = api_never_worked(report)
+    if why is not None:
+        raise ApiTierUnavailable(why)

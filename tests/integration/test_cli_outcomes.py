@@ -47,7 +47,9 @@ def _inputs(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_hostile_input_with_the_api_down_is_partial_then_replay_completes(tmp_path: Path) -> None:
+def test_hostile_input_with_the_api_down_fails_clearly_then_replay_completes(tmp_path: Path) -> None:
+    # The API never answered: the run fails (exit 1; issue 11), without a traceback, with every
+    # record accounted for and the API documents in the dead letters for replay.
     with FakeOpenAIServer(FakeServerConfig(dead=True)) as api:
         (tmp_path / "config.yaml").write_text(yaml.safe_dump({
             "api": {"endpoint": "custom", "base_url": api.base_url, "api_key": "test",
@@ -63,11 +65,13 @@ def test_hostile_input_with_the_api_down_is_partial_then_replay_completes(tmp_pa
         _inputs(tmp_path / "in")
         run = _cli(["run", str(tmp_path / "in")], tmp_path)
         assert "Traceback" not in run.stderr + run.stdout, run.stderr[-4000:]
-        assert run.returncode == 3, run.stderr[-3000:] + run.stdout
+        assert run.returncode == 1, run.stderr[-3000:] + run.stdout
         out = run.stdout
         assert "read 13 records: 8 valid documents, 5 rejected by validation" in out
-        assert "accounting OK" in out and "status: partial (exit code 3)" in out
-        assert "3 of 8 targets dead-lettered by embed: 3" in out and "tierembed replay" in out
+        assert "accounting OK" in out and "status: failed (exit code 1)" in out
+        assert "every one of" in out and "failed (503:" in out
+        # coverage mode: 8 local targets + 3 API targets
+        assert "3 of 11 targets dead-lettered by embed: 3" in out and "tierembed replay" in out
         assert "2 input file(s) skipped" in out and "blob.bin" in out and "notes.txt" in out
 
         [letters_dir] = list((tmp_path / "dl").iterdir())
