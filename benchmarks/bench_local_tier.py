@@ -43,9 +43,9 @@ __all__ = ["main"]
 
 LOCAL_ONLY = {
     # no rule and a threshold no score reaches: every document goes to the local tier;
-    # the API endpoint is never called (and no stand-in server is started)
-    "routing": {"api_threshold": 1.0, "rules": []},
-    "api": {"endpoint": "custom", "base_url": "http://127.0.0.1:9/v1"},
+    # the API endpoint is never called (no stand-in server is started, no preflight probe)
+    "routing": {"api_threshold": 1.0, "rules": [], "score_normalization": "none"},  # raw scores < 1
+    "api": {"endpoint": "custom", "base_url": "http://127.0.0.1:9/v1", "preflight": False},
 }
 
 
