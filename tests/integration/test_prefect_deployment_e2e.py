@@ -284,6 +284,9 @@ def test_adhoc_deployment_run_through_a_worker_completes_and_keeps_the_key_secre
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = _base_env(tmp_path / "prefect-home", api_url)
+    # the flow runs in the checkout (the pull step): its default result cache would carry paid
+    # vectors from an earlier run of this test into this one, which must pay the API itself
+    env["TIEREMBED_API__RESULT_CACHE__PATH"] = str(tmp_path / "api_results.sqlite")
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
     server = worker = None
     with FakeOpenAIServer(FakeServerConfig()) as fake, _AuthRecordingProxy(fake.url).running() as proxy:
