@@ -42,7 +42,8 @@ from tiering.report import RunReport
 from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
 
 __all__ = ["LocalApiServer", "resolve_endpoint", "endpoint_mode", "settings_for_endpoint",
-           "STANDIN_SUFFIX", "ApiTierUnavailable", "preflight", "api_never_worked", "raise_if_api_never_worked"]
+           "STANDIN_SUFFIX", "ApiTierUnavailable", "preflight", "api_never_worked",
+           "raise_if_api_never_worked"]
 
 _log = logging.getLogger(__name__)
 
