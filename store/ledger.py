@@ -32,6 +32,7 @@ the locking it needs: keep the ledger on a local disk, or give each worker its o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -45,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from store.sqlite import immediate_transaction, open_connection, snapshot
 from tiering.budget import budget_left
 from tiering.errors import ConfigError
 
@@ -338,45 +340,16 @@ class SpendLedger:
     # -- connection -------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(
-                f"cannot open the spend ledger {self.path}: {exc}; set budget.ledger_path to a "
-                "writable local file"
-            ) from exc
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
+        return open_connection(self.path, self._busy_timeout_ms, lambda exc: LedgerError(
+            f"cannot open the spend ledger {self.path}: {exc}; set budget.ledger_path to a "
+            "writable local file"))
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the first
-        read, so a read-modify-write never interleaves with another writer."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction (``store.sqlite.immediate_transaction``)."""
+        return immediate_transaction(self._connect)
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN")  # one consistent snapshot for multi-query reads
-            yield conn
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return snapshot(self._connect)
 
     def _ensure_schema(self) -> None:
         """Create or check the schema. Switching a new file to WAL needs an exclusive lock

@@ -9,15 +9,63 @@ Network filesystems (NFS, SMB) do not give SQLite the locking it needs: local di
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tiering.errors import ConfigError
 
-__all__ = ["SqliteFile", "StoreFileError"]
+__all__ = ["SqliteFile", "StoreFileError", "open_connection", "immediate_transaction", "snapshot"]
+
+
+def open_connection(path: Path, busy_timeout_ms: int,
+                    error: Callable[[Exception], Exception]) -> sqlite3.Connection:
+    """A short connection to ``path`` (created with its folder): rows by name, a busy
+    timeout, foreign keys on, transactions begun explicitly. ``error`` makes the exception
+    raised when the file cannot be opened (naming the file and the setting that moves it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are begun explicitly
+        conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise error(exc) from exc
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+@contextmanager
+def immediate_transaction(connect: Callable[[], sqlite3.Connection]) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the first read, so
+    a read-modify-write never interleaves with another writer; committed when the block ends
+    normally, rolled back otherwise."""
+    conn = connect()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@contextmanager
+def snapshot(connect: Callable[[], sqlite3.Connection]) -> Iterator[sqlite3.Connection]:
+    """One consistent snapshot for multi-query reads."""
+    conn = connect()
+    try:
+        conn.execute("BEGIN")
+        yield conn
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 class StoreFileError(ConfigError):
@@ -40,43 +88,16 @@ class SqliteFile:
         self._ensure_schema()
 
     def connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are begun explicitly
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise self._error(f"cannot open the {self._what} {self.path}: {exc}; set {self._setting} "
-                              "to a writable local file") from exc
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
+        return open_connection(self.path, self._busy_timeout_ms, lambda exc: self._error(
+            f"cannot open the {self._what} {self.path}: {exc}; set {self._setting} to a writable local file"))
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction, committed when the block ends normally."""
-        conn = self.connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        return immediate_transaction(self.connect)
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One consistent snapshot for multi-query reads."""
-        conn = self.connect()
-        try:
-            conn.execute("BEGIN")
-            yield conn
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        return snapshot(self.connect)
 
     def _ensure_schema(self) -> None:
         """Switching a new file to WAL needs an exclusive lock for which SQLite does not
