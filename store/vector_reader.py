@@ -8,7 +8,7 @@ per model version, ``<prefix>__<version>``, as the LanceDB sink writes them), an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -116,16 +116,20 @@ class LanceDBReader:
             return []
         return list(table.search().select(["id"]).to_arrow().column("id").to_pylist())
 
-    def fetch(self, version: str, ids: Iterable[str]) -> dict[str, StoredDoc]:
+    def _rows_by_id(self, version: str, ids: Iterable[str], columns: list[str]) -> Iterator[dict[str, list]]:
+        """``columns`` of ``version``'s rows of ``ids``, as column dicts, 500 ids a query."""
         wanted = sorted(set(ids))
         table = self._table(version)
-        out: dict[str, StoredDoc] = {}
-        if table is None or not wanted:
-            return out
+        if table is None:
+            return
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
-            cols = (table.search().where(f"id IN ({_quoted(part)})")
-                    .select(["id", "text", "content_hash", "vector"]).limit(len(part)).to_arrow().to_pydict())
+            yield (table.search().where(f"id IN ({_quoted(part)})")
+                   .select(columns).limit(len(part)).to_arrow().to_pydict())
+
+    def fetch(self, version: str, ids: Iterable[str]) -> dict[str, StoredDoc]:
+        out: dict[str, StoredDoc] = {}
+        for cols in self._rows_by_id(version, ids, ["id", "text", "content_hash", "vector"]):
             vectors = _unit(cols["vector"]) if cols["id"] else np.zeros((0, 0), np.float32)
             for i, doc_id in enumerate(cols["id"]):
                 out[doc_id] = StoredDoc(doc_id, cols["text"][i], cols["content_hash"][i], vectors[i])
@@ -133,15 +137,8 @@ class LanceDBReader:
 
     def stamps(self, version: str, ids: Iterable[str]) -> dict[str, RowStamp]:
         """Content hash and embedded_at of ``version``'s rows of ``ids`` (two small columns)."""
-        wanted = sorted(set(ids))
-        table = self._table(version)
         out: dict[str, RowStamp] = {}
-        if table is None or not wanted:
-            return out
-        for start in range(0, len(wanted), 500):
-            part = wanted[start : start + 500]
-            cols = (table.search().where(f"id IN ({_quoted(part)})")
-                    .select(["id", "content_hash", "embedded_at"]).limit(len(part)).to_arrow().to_pydict())
+        for cols in self._rows_by_id(version, ids, ["id", "content_hash", "embedded_at"]):
             for doc_id, digest, at in zip(cols["id"], cols["content_hash"], cols["embedded_at"], strict=True):
                 out[doc_id] = RowStamp(digest or "", at)
         return out
