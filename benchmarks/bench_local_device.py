@@ -29,18 +29,9 @@ import numpy as np
 
 from beam_pipeline.local_batches import BucketedEncoder, Finished
 from beam_pipeline.local_embedder import LoadedLocalModel, LocalModelSpec
+from benchmarks.baselines import read_texts
 
 __all__ = ["main"]
-
-
-def _texts(path: Path, n: int) -> list[str]:
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if len(out) >= n:
-                break
-            out.append(json.loads(line)["text"])
-    return out
 
 
 def _sync(device: str) -> None:
@@ -120,7 +111,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256, 512])
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    texts = _texts(args.texts, max(args.large, args.calibrate))
+    texts = read_texts(args.texts, max(args.large, args.calibrate))
     import torch
 
     device = (
