@@ -94,6 +94,24 @@ def _own_result_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIEREMBED_API__RESULT_CACHE__PATH", str(tmp_path / "api_results.sqlite"))
 
 
+# Loggers whose levels the CLI sets (flows/cli.py `_setup_logging`). In-process CLI tests
+# would otherwise leave "flows" at WARNING for every later test, and a later test's caplog
+# would see nothing: the CI run of 2026-12-05 failed that way.
+_LOGGERS_THE_CLI_SETS = ("", "tierembed", "flows", "beam_pipeline", "apache_beam", "httpx",
+                         "httpx2", "sentence_transformers", "lancedb")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger_levels() -> Iterator[None]:
+    import logging
+
+    loggers = [logging.getLogger(name) for name in _LOGGERS_THE_CLI_SETS]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> SettingsFactory:
     """Settings whose store, dead letters and ledger live under tmp_path."""
