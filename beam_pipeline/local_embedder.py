@@ -161,7 +161,9 @@ class LoadedLocalModel:
         return nullcontext()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        # verbose=False: counting a text longer than the model's limit is the point here, not
+        # a mistake; transformers would warn "Token indices sequence length is longer than..."
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
 
     def chunk(self, text: str) -> list[str]:
         return [c for c, _ in self.chunk_many([text])[0]]
@@ -176,8 +178,8 @@ class LoadedLocalModel:
         budget = self.max_tokens - _SPECIAL_TOKENS
         rough = [chunk_text(t, budget) for t in texts]
         flat = [c for chunks in rough for c in chunks]
-        counts = [len(ids) for ids in self.tokenizer(flat, add_special_tokens=True,
-                                                      truncation=False)["input_ids"]] if flat else []
+        counts = [len(ids) for ids in self.tokenizer(flat, add_special_tokens=True, truncation=False,
+                                                      verbose=False)["input_ids"]] if flat else []
         out: list[list[tuple[str, int]]] = []
         pos = 0
         for chunks in rough:
