@@ -163,7 +163,8 @@ class LoadedLocalModel:
     def count_tokens(self, text: str) -> int:
         # verbose=False: counting a text longer than the model's limit is the point here, not
         # a mistake; transformers would warn "Token indices sequence length is longer than..."
-        return len(self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+        ids = self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return len(ids)
 
     def chunk(self, text: str) -> list[str]:
         return [c for c, _ in self.chunk_many([text])[0]]

@@ -133,7 +133,7 @@ def plain(args: argparse.Namespace) -> dict[str, Any]:
     if docs is not None:
         timings = {n: _encode_chunked_s(model, docs[:n], device, args.precision, args.batch)
                    for n in args.sizes}
-        chunks = {n: sum(len(d) for d in docs[:n]) for n in args.sizes}
+        chunks: dict[int, int | None] = {n: sum(len(d) for d in docs[:n]) for n in args.sizes}
     else:
         timings = {n: _encode_s(model, texts[:n], device, args.precision, args.batch) for n in args.sizes}
         chunks = dict.fromkeys(args.sizes)
