@@ -108,7 +108,7 @@ def _restore_logger_levels() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in _LOGGERS_THE_CLI_SETS]
     levels = [lg.level for lg in loggers]
     yield
-    for lg, level in zip(loggers, levels):
+    for lg, level in zip(loggers, levels, strict=True):
         lg.setLevel(level)
 
 
