@@ -121,6 +121,7 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
     from flows.progress_line import ProgressLine
     from flows.reporting import render_text
     from flows.signals import graceful_stop, stop_signal_of
+    from flows.warmup import warm_up
     from tiering.settings import load_settings
 
     try:
@@ -130,7 +131,7 @@ def _run_flow(source: str, config: Optional[Path], *, budget: Optional[float], d
         run_id = new_run_id()
         live = ProgressLine(run_progress_dir(settings.telemetry.progress_dir, run_id))
         # SIGINT/SIGTERM stop the run cleanly; the servers it starts die with it even on SIGKILL.
-        with graceful_stop(), prefect_api():
+        with graceful_stop(), prefect_api(None if dry_run else warm_up(settings)):
             with live if live_progress and not dry_run else contextlib.nullcontext():
                 state = embed_documents(source=source, config_path=str(config) if config else None,
                                         budget_usd=budget, dry_run=dry_run, full_refresh=full_refresh,

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -52,7 +52,9 @@ class TemporaryPrefectServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self) -> str:
+    def start(self, while_starting: Callable[[], None] | None = None) -> str:
+        """Start the server and wait until it answers; ``while_starting`` runs in this process
+        meanwhile (the server boots in its own process, so the two overlap)."""
         import prefect
         from prefect.settings import get_current_settings
 
@@ -72,6 +74,11 @@ class TemporaryPrefectServer:
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=die_with_parent())
+        if while_starting is not None:
+            try:
+                while_starting()
+            except Exception:  # noqa: BLE001 - a warm-up only saves time; the run reports real errors
+                _log.debug("warm-up while the Prefect server starts failed", exc_info=True)
         self._wait_healthy()
         _log.info("temporary Prefect server (pid %d) at %s", self.proc.pid, self.api_url)
         return self.api_url
@@ -114,9 +121,12 @@ class TemporaryPrefectServer:
 
 
 @contextmanager
-def prefect_api() -> Iterator[str | None]:
+def prefect_api(while_starting: Callable[[], None] | None = None) -> Iterator[str | None]:
     """Use the configured Prefect API, or a temporary server of our own for the block.
-    Yields the API URL of the temporary server, or None when PREFECT_API_URL is set."""
+    Yields the API URL of the temporary server, or None when PREFECT_API_URL is set.
+
+    ``while_starting`` runs while our server boots (not at all with a configured API: then
+    there is no wait to hide it in)."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
@@ -128,7 +138,7 @@ def prefect_api() -> Iterator[str | None]:
         return
     timeout_s = max(120.0, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
     server = TemporaryPrefectServer(timeout_s)
-    url = server.start()
+    url = server.start(while_starting)
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
