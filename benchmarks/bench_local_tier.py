@@ -77,7 +77,8 @@ def _ours(work: Path, files: dict[int, Path], workers: int, round_no: int) -> di
         assert report["written"] == n and report["accounting_ok"], report
         times[n] = run.wall_s
         print(
-            f"    ours(w={workers}) {n:>6} docs: {run.wall_s:7.1f}s  peak RSS {run.peak_rss_mb:6.0f} MB",
+            f"    ours(w={workers}) {n:>6} docs: {run.wall_s:7.1f}s  peak RSS {run.peak_rss_mb:6.0f} MB "
+            f"({run.peak_breakdown()})",
             flush=True,
         )
         shutil.rmtree(state, ignore_errors=True)

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_mb", "bench_env", "linear_fit"]
+__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_mb", "tree_rss_by_process",
+           "bench_env", "linear_fit"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -77,17 +78,33 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, in MB."""
-    total, todo = 0, [pid]
+def tree_rss_by_process(pid: int) -> dict[str, float]:
+    """Resident memory in MB of ``pid`` and each of its descendants, by a short name
+    (the module or program it runs, with its pid)."""
+    out: dict[str, float] = {}
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+            rss = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
+        out[f"{_short_name(argv)}[{p}]"] = rss / 2**20
         todo += _children(p)
-    return total / 2**20
+    return out
+
+
+def _short_name(argv: list[bytes]) -> str:
+    args = [a.decode(errors="replace") for a in argv if a]
+    if "-m" in args[:-1]:
+        return args[args.index("-m") + 1]
+    return Path(args[0]).name if args else "?"
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB."""
+    return sum(tree_rss_by_process(pid).values())
 
 
 @dataclass
@@ -97,6 +114,11 @@ class CliRun:
     peak_rss_mb: float
     report: dict[str, Any] = field(default_factory=dict)
     rss_trace: list[tuple[float, float]] = field(default_factory=list)
+    peak_by_process: dict[str, float] = field(default_factory=dict)  # at the peak sample
+
+    def peak_breakdown(self) -> str:
+        return ", ".join(f"{name} {mb:.0f}" for name, mb in
+                         sorted(self.peak_by_process.items(), key=lambda kv: -kv[1]))
 
 
 def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] = (),
@@ -105,14 +127,20 @@ def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] 
     cmd = [sys.executable, "-m", "flows.cli", "run", str(source), "--config", str(config),
            "--json", "--quiet", *extra_args]
     trace: list[tuple[float, float]] = []
+    peak: dict[str, float] = {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env or bench_env()), stdout=out, stderr=err)
         done = threading.Event()
 
         def sample() -> None:
+            nonlocal peak
             while not done.is_set():
-                trace.append((time.perf_counter() - start, tree_rss_mb(proc.pid)))
+                by_process = tree_rss_by_process(proc.pid)
+                total = sum(by_process.values())
+                if total > sum(peak.values()):
+                    peak = by_process
+                trace.append((time.perf_counter() - start, total))
                 done.wait(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -131,7 +159,7 @@ def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] 
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}\n{stdout[-2000:]}")
     report = json.loads(stdout[stdout.index("{"):])
-    return CliRun(docs, wall, max((r for _, r in trace), default=0.0), report, trace)
+    return CliRun(docs, wall, max((r for _, r in trace), default=0.0), report, trace, peak)
 
 
 def linear_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
