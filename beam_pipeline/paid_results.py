@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import apache_beam as beam
 
+from beam_pipeline.sinks.bundles import in_global_window
 from store.result_cache import CacheKey, ResultCache
 from tiering.chunking import chunk_text
 from tiering.documents import ScoredDocument
@@ -35,28 +36,52 @@ class PaidLookup:
 @beam.typehints.with_input_types(ScoredDocument)
 @beam.typehints.with_output_types(ScoredDocument)
 class _MarkPaidFn(beam.DoFn):  # type: ignore[misc]
+    """Looks documents up a batch at a time: one cache connection per batch and version, and
+    no chunking at all while the cache holds nothing for the version (a first run)."""
+
+    BATCH = 256
+
     def __init__(self, cache_path: str, policy: RoutingPolicy, lookups: Mapping[str, PaidLookup]) -> None:
         self._path = cache_path
         self._policy = policy
         self._lookups = dict(lookups)
         self._cache: ResultCache | None = None
+        self._waiting: list[tuple[ScoredDocument, str | None]] = []
 
     def setup(self) -> None:
         self._cache = ResultCache(self._path)
 
+    def start_bundle(self) -> None:
+        self._waiting = []
+
     def process(self, scored: ScoredDocument) -> Iterator[ScoredDocument]:
-        assert self._cache is not None
         version = api_version_for(scored.document.id, self._policy)
-        lookup = None if version is None or version in scored.unchanged else self._lookups.get(version)
-        if lookup is None:
-            yield scored
-            return
-        chunks = chunk_text(scored.document.text, lookup.max_tokens_per_input)
-        if chunks and len(self._cache.get_many(lookup.key, chunks)) == len(chunks):
-            beam.metrics.Metrics.counter("tierembed", f"paid_earlier.api.{version}").inc()
-            yield replace(scored, paid=(*scored.paid, version))
-        else:
-            yield scored
+        if version is not None and (version in scored.unchanged or version not in self._lookups):
+            version = None
+        self._waiting.append((scored, version))
+        if len(self._waiting) >= self.BATCH:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator[object]:
+        for scored in self._flush():
+            yield in_global_window(scored)
+
+    def _flush(self) -> list[ScoredDocument]:
+        assert self._cache is not None
+        waiting, self._waiting = self._waiting, []
+        paid: dict[int, str] = {}  # position in waiting -> version paid for
+        for version in {v for _, v in waiting if v is not None}:
+            lookup = self._lookups[version]
+            if not self._cache.has_any(lookup.key):  # nothing paid earlier: nothing to chunk
+                continue
+            mine = [i for i, (_, v) in enumerate(waiting) if v == version]
+            chunks = [chunk_text(waiting[i][0].document.text, lookup.max_tokens_per_input) for i in mine]
+            for i, held in zip(mine, self._cache.holds_all(lookup.key, chunks), strict=True):
+                if held:
+                    paid[i] = version
+                    beam.metrics.Metrics.counter("tierembed", f"paid_earlier.api.{version}").inc()
+        return [replace(scored, paid=(*scored.paid, paid[i])) if i in paid else scored
+                for i, (scored, _) in enumerate(waiting)]
 
 
 class MarkPaidResults(beam.PTransform):  # type: ignore[misc]

@@ -133,6 +133,31 @@ class ResultCache:
                     found[digest] = CachedVector(vector, int(billed), str(run_id))
         return {pos: found[d] for pos, d in enumerate(digests) if d in found}
 
+    def has_any(self, key: CacheKey) -> bool:
+        """Whether anything is cached under ``key`` (a first run's answer: no)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT 1 FROM results WHERE scope = ? LIMIT 1", (key.scope,)).fetchone()
+        return row is not None
+
+    def holds_all(self, key: CacheKey, docs: Sequence[Sequence[str]]) -> list[bool]:
+        """For each document (its texts as sent), whether every text is cached under ``key``.
+
+        One connection for all of them, digests only (no vector is read): what a pipeline
+        asks of every document it plans, so it must cost next to nothing per document.
+        """
+        if not docs:
+            return []
+        digests = [[_digest(t) for t in texts] for texts in docs]
+        with self._connect() as conn:
+            unique = sorted({d for ds in digests for d in ds})
+            found: set[str] = set()
+            for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+                part = unique[start:start + 500]
+                found.update(row[0] for row in conn.execute(
+                    "SELECT text_sha256 FROM results WHERE scope = ? "
+                    f"AND text_sha256 IN ({','.join('?' * len(part))})", (key.scope, *part)))
+        return [bool(ds) and all(d in found for d in ds) for ds in digests]
+
     def put_many(self, key: CacheKey, items: Iterable[tuple[str, Sequence[float], int]],
                  run_id: str) -> int:
         """Store ``(text, vector, billed tokens)`` items under ``key`` in one transaction."""
