@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,18 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _rows_of(conn: sqlite3.Connection, key: CacheKey, digests: Iterable[str],
+             columns: str) -> Iterator[tuple[Any, ...]]:
+    """``columns`` of the rows of ``digests`` under ``key``, in parts of 500 digests
+    (SQLite's bound-parameter limit)."""
+    unique = sorted(set(digests))
+    for start in range(0, len(unique), 500):
+        part = unique[start:start + 500]
+        yield from conn.execute(
+            f"SELECT {columns} FROM results WHERE scope = ? "
+            f"AND text_sha256 IN ({','.join('?' * len(part))})", (key.scope, *part))
+
+
 class ResultCache:
     """The SQLite result cache; each call opens its own short connection (thread- and
     process-safe on one machine)."""
@@ -122,15 +135,10 @@ class ResultCache:
         digests = [_digest(t) for t in texts]
         found: dict[str, CachedVector] = {}
         with self._connect() as conn:
-            unique = sorted(set(digests))
-            for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
-                part = unique[start:start + 500]
-                rows = conn.execute(
-                    "SELECT text_sha256, vector, billed_tokens, run_id FROM results WHERE scope = ? "
-                    f"AND text_sha256 IN ({','.join('?' * len(part))})", (key.scope, *part))
-                for digest, blob, billed, run_id in rows:
-                    vector = np.frombuffer(blob, dtype="<f4").astype(float).tolist()
-                    found[digest] = CachedVector(vector, int(billed), str(run_id))
+            for digest, blob, billed, run_id in _rows_of(conn, key, digests,
+                                                         "text_sha256, vector, billed_tokens, run_id"):
+                vector = np.frombuffer(blob, dtype="<f4").astype(float).tolist()
+                found[digest] = CachedVector(vector, int(billed), str(run_id))
         return {pos: found[d] for pos, d in enumerate(digests) if d in found}
 
     def has_any(self, key: CacheKey) -> bool:
@@ -149,13 +157,7 @@ class ResultCache:
             return []
         digests = [[_digest(t) for t in texts] for texts in docs]
         with self._connect() as conn:
-            unique = sorted({d for ds in digests for d in ds})
-            found: set[str] = set()
-            for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
-                part = unique[start:start + 500]
-                found.update(row[0] for row in conn.execute(
-                    "SELECT text_sha256 FROM results WHERE scope = ? "
-                    f"AND text_sha256 IN ({','.join('?' * len(part))})", (key.scope, *part)))
+            found = {row[0] for row in _rows_of(conn, key, [d for ds in digests for d in ds], "text_sha256")}
         return [bool(ds) and all(d in found for d in ds) for ds in digests]
 
     def put_many(self, key: CacheKey, items: Iterable[tuple[str, Sequence[float], int]],
