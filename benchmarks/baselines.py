@@ -106,8 +106,9 @@ def _device(requested: str) -> str:
 
 def _encode_chunked_s(model: Any, docs: list[list[str]], device: str, precision: str,
                       batch: int) -> float:
-    """Encode every chunk of ``docs`` in one call, then average each document's chunks."""
-    import numpy as np
+    """Encode every chunk of ``docs`` in one call, then aggregate each document's chunks as
+    the local tier does (``tiering.chunking.aggregate_vectors``)."""
+    from tiering.chunking import aggregate_vectors
 
     start = time.perf_counter()
     flat = [c for chunks in docs for c in chunks]
@@ -116,8 +117,7 @@ def _encode_chunked_s(model: Any, docs: list[list[str]], device: str, precision:
                                show_progress_bar=False)
     pos = 0
     for chunks in docs:
-        mean = vectors[pos:pos + len(chunks)].mean(axis=0)
-        _ = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        aggregate_vectors(vectors[pos:pos + len(chunks)])
         pos += len(chunks)
     return time.perf_counter() - start
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_mb", "tree_rss_by_process",
-           "bench_env", "linear_fit"]
+__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_by_process", "bench_env",
+           "linear_fit"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -100,11 +100,6 @@ def _short_name(argv: list[bytes]) -> str:
     if "-m" in args[:-1]:
         return args[args.index("-m") + 1]
     return Path(args[0]).name if args else "?"
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, in MB."""
-    return sum(tree_rss_by_process(pid).values())
 
 
 @dataclass
