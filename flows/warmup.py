@@ -35,10 +35,9 @@ def modules_for(settings: TierembedSettings) -> list[str]:
     """The heavy modules a run of ``settings`` imports in this process, in import order."""
     if not in_process_runner(settings):
         return []
-    modules = ["beam_pipeline.pipeline", "sentence_transformers"]
-    if settings.sink.kind == "lancedb":
-        modules.append("lancedb")
-    return modules
+    # not lancedb: imported before the run forks its stand-in API server, its at-fork hook
+    # prints "lancedb fork support is experimental" into every run's output
+    return ["beam_pipeline.pipeline", "sentence_transformers"]
 
 
 def warm_up(settings: TierembedSettings) -> Callable[[], None] | None:

@@ -9,12 +9,11 @@ from flows.warmup import modules_for, warm_up
 from tests.conftest import SettingsFactory
 
 
-def test_an_in_process_run_imports_beam_the_local_model_library_and_its_sink(
+def test_an_in_process_run_imports_beam_and_the_local_model_library_not_lancedb(
     make_settings: SettingsFactory,
 ) -> None:
-    assert modules_for(make_settings()) == ["beam_pipeline.pipeline", "sentence_transformers", "lancedb"]
-    weaviate = make_settings({"sink": {"kind": "weaviate"}})
-    assert "lancedb" not in modules_for(weaviate)
+    # lancedb imported before the stand-in API server is forked prints a fork warning per run
+    assert modules_for(make_settings()) == ["beam_pipeline.pipeline", "sentence_transformers"]
 
 
 def test_runners_with_their_own_workers_get_no_warm_up(make_settings: SettingsFactory) -> None:
