@@ -73,7 +73,8 @@ class _LocalEmbedFn(beam.DoFn):  # type: ignore[misc]
 
     def process(self, routed: RoutedDocument) -> Iterator[object]:
         if self._encoder is None:
-            self._encoder = BucketedEncoder(self._loaded(), self._spec.batch_size)
+            model = self._loaded()
+            self._encoder = BucketedEncoder(model, model.batch_size)  # local.batch_size resolved per device
         self._next += 1
         self._routed[self._next] = routed
         yield from self._emit(self._encoder.add(self._next, routed.scored.document.text))

@@ -36,6 +36,7 @@ class LocalModel(Protocol):
     """What the loop needs from a model (``local_embedder.LoadedLocalModel`` is one)."""
 
     max_tokens: int
+    batch_size: int  # chunks per model call (``local.batch_size``, resolved per device)
 
     def chunk_many(self, texts: Sequence[str]) -> list[list[tuple[str, int]]]: ...
 

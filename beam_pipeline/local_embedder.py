@@ -31,7 +31,7 @@ from tiering.chunking import chunk_text, split_to_fit
 from tiering.errors import ConfigError
 
 __all__ = ["LocalModelSpec", "LoadedLocalModel", "resolve_model_path", "load_local_model", "precision_plan",
-           "cpu_has_native_bf16"]
+           "cpu_has_native_bf16", "default_batch_size"]
 
 _log = logging.getLogger(__name__)
 _SPECIAL_TOKENS = 2  # [CLS] and [SEP]
@@ -42,7 +42,7 @@ class LocalModelSpec:
     model: str
     device: str
     precision: str
-    batch_size: int
+    batch_size: int | str  # chunks per model call, or "auto" (per device: default_batch_size)
     max_input_tokens: int
     threads: int | None = None  # torch CPU threads in this worker; None = torch's default
 
@@ -118,6 +118,18 @@ def precision_plan(device: str, precision: str, cpu_bf16: bool | None = None) ->
     return precision
 
 
+def default_batch_size(device: str) -> int:
+    """``local.batch_size: auto``: chunks per model call on ``device``.
+
+    CPU: 16. Measured on this project's 2-core AVX2 machine with length buckets
+    (``benchmarks.bench_local_device``, fp32): 8: 25, 16: 25, 32: 24, 64: 22 docs/s; plain
+    ``encode`` peaks at 16 too. Beyond that the per-call attention scores (batch x 12 heads x
+    tokens^2 floats, 200 MB at 64 x 256 tokens) outgrow the caches and show in peak memory.
+    CUDA: 64 (fills the GPU better; not measured here: no GPU was lent).
+    """
+    return 16 if device == "cpu" else 64
+
+
 class LoadedLocalModel:
     """A loaded model plus the chunk-and-aggregate logic around it."""
 
@@ -130,6 +142,8 @@ class LoadedLocalModel:
         self.spec = spec
         self.device = _pick_device(spec.device)
         self.precision = precision_plan(self.device, spec.precision)
+        auto = not isinstance(spec.batch_size, int)
+        self.batch_size = default_batch_size(self.device) if auto else int(spec.batch_size)
         path = resolve_model_path(spec.model)
         self.model = SentenceTransformer(path, device=self.device)
         self._cast_weights()
@@ -140,8 +154,8 @@ class LoadedLocalModel:
             self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension())
         self.tokenizer = self.model.tokenizer
-        _log.info("local model %s loaded on %s in %s (%d dims, %d max tokens)",
-                  spec.model, self.device, self.precision, self.dimension, self.max_tokens)
+        _log.info("local model %s loaded on %s in %s (%d dims, %d max tokens, batches of %d)",
+                  spec.model, self.device, self.precision, self.dimension, self.max_tokens, self.batch_size)
 
     def _cast_weights(self) -> None:
         import torch
@@ -201,7 +215,7 @@ class LoadedLocalModel:
         with self._autocast():
             vectors = self.model.encode(
                 list(texts),
-                batch_size=self.spec.batch_size,
+                batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,

@@ -43,7 +43,7 @@ def _sync(device: str) -> None:
 
 def _ours(model: LoadedLocalModel, texts: list[str]) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
-    encoder: BucketedEncoder[int] = BucketedEncoder(model, model.spec.batch_size)
+    encoder: BucketedEncoder[int] = BucketedEncoder(model, model.batch_size)
     vectors: dict[int, np.ndarray] = {}
     for i, text in enumerate(texts):
         for r in encoder.add(i, text):

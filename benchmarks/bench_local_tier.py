@@ -78,7 +78,7 @@ def _ours(work: Path, files: dict[int, Path], workers: int, round_no: int) -> di
         times[n] = run.wall_s
         print(
             f"    ours(w={workers}) {n:>6} docs: {run.wall_s:7.1f}s  peak RSS {run.peak_rss_mb:6.0f} MB "
-            f"({run.peak_breakdown()})",
+            f"({run.peak_breakdown()}); CPU s: {run.cpu_breakdown()}",
             flush=True,
         )
         shutil.rmtree(state, ignore_errors=True)

@@ -91,7 +91,8 @@ def main() -> None:
                   f"{first.peak_rss_mb:6.0f} MB, {paid_first} API requests | re-run {again.wall_s:6.1f}s "
                   f"= {again.wall_s / first.wall_s:.3f} of the first, peak RSS {again.peak_rss_mb:6.0f} MB, "
                   f"{paid_again} API requests, {rep['skipped_unchanged']} skipped", flush=True)
-            print(f"         peak RSS by process (MB): {first.peak_breakdown()}", flush=True)
+            print(f"         peak RSS by process (MB): {first.peak_breakdown()}; "
+                  f"CPU s: {first.cpu_breakdown()}", flush=True)
             shutil.rmtree(state, ignore_errors=True)
     finally:
         if fake is not None:

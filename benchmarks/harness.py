@@ -22,11 +22,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_by_process", "bench_env",
-           "linear_fit"]
+__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_by_process",
+           "tree_cpu_by_process", "bench_env", "linear_fit"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def prefix(corpus: Path, n_docs: int, out_dir: Path) -> Path:
@@ -95,6 +96,24 @@ def tree_rss_by_process(pid: int) -> dict[str, float]:
     return out
 
 
+def tree_cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by ``pid`` and each of its descendants, by the
+    same short names as :func:`tree_rss_by_process`."""
+    out: dict[str, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+            out[f"{_short_name(argv)}[{p}]"] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+        todo += _children(p)
+    return out
+
+
 def _short_name(argv: list[bytes]) -> str:
     args = [a.decode(errors="replace") for a in argv if a]
     if "-m" in args[:-1]:
@@ -110,6 +129,11 @@ class CliRun:
     report: dict[str, Any] = field(default_factory=dict)
     rss_trace: list[tuple[float, float]] = field(default_factory=list)
     peak_by_process: dict[str, float] = field(default_factory=dict)  # at the peak sample
+    cpu_s_by_process: dict[str, float] = field(default_factory=dict)  # at the last sample
+
+    def cpu_breakdown(self) -> str:
+        return ", ".join(f"{name} {s:.0f}" for name, s in
+                         sorted(self.cpu_s_by_process.items(), key=lambda kv: -kv[1]))
 
     def peak_breakdown(self) -> str:
         return ", ".join(f"{name} {mb:.0f}" for name, mb in
@@ -123,14 +147,17 @@ def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] 
            "--json", "--quiet", *extra_args]
     trace: list[tuple[float, float]] = []
     peak: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env or bench_env()), stdout=out, stderr=err)
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, cpu
             while not done.is_set():
+                used = tree_cpu_by_process(proc.pid)
+                cpu = {**cpu, **used}  # a process that has exited keeps its last figure
                 by_process = tree_rss_by_process(proc.pid)
                 total = sum(by_process.values())
                 if total > sum(peak.values()):
@@ -154,7 +181,7 @@ def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] 
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}\n{stdout[-2000:]}")
     report = json.loads(stdout[stdout.index("{"):])
-    return CliRun(docs, wall, max((r for _, r in trace), default=0.0), report, trace, peak)
+    return CliRun(docs, wall, max((r for _, r in trace), default=0.0), report, trace, peak, cpu)
 
 
 def linear_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from beam_pipeline.embed_local import EmbedLocal, _LocalEmbedFn
 from beam_pipeline.local_embedder import (
     LocalModelSpec,
     cpu_has_native_bf16,
+    default_batch_size,
     load_local_model,
     precision_plan,
 )
@@ -67,6 +68,7 @@ class _FakeModel:
     fails only after its first inputs were embedded). Token count = words + 2."""
 
     max_tokens = 64
+    batch_size = 4
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -102,6 +104,7 @@ def _run_fn(fn: _LocalEmbedFn, docs: list[RoutedDocument]) -> list[object]:
 def _with_fake(batch_size: int = 4) -> tuple[_LocalEmbedFn, _FakeModel]:
     fn = _LocalEmbedFn(replace(SPEC, batch_size=batch_size), "v1")
     fake = _FakeModel()
+    fake.batch_size = batch_size  # as LoadedLocalModel resolves it from the spec
     fn._model = fake  # type: ignore[assignment]
     return fn, fake
 
@@ -177,6 +180,24 @@ def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> N
 def test_fp16_on_cpu_is_refused_with_a_config_error_before_loading() -> None:
     with pytest.raises(ConfigError, match="'fp16' is not supported on the CPU"):
         load_local_model(replace(SPEC, precision="fp16"))
+
+
+def test_batch_size_auto_is_resolved_per_device_and_an_explicit_size_is_kept() -> None:
+    assert (default_batch_size("cpu"), default_batch_size("cuda:0")) == (16, 64)
+    assert load_local_model(replace(SPEC, batch_size="auto")).batch_size == 16
+    assert load_local_model(replace(SPEC, batch_size=5)).batch_size == 5
+
+
+def test_settings_take_auto_or_a_positive_batch_size_and_refuse_the_rest() -> None:
+    from pydantic import ValidationError
+
+    from tiering.settings import LocalTierSettings
+
+    assert LocalTierSettings().batch_size == "auto"
+    assert LocalTierSettings.model_validate({"batch_size": 32}).batch_size == 32
+    for bad in (0, "big", 5000):
+        with pytest.raises(ValidationError):
+            LocalTierSettings.model_validate({"batch_size": bad})
 
 
 def _cuda_available() -> bool:

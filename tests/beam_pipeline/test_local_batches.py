@@ -17,6 +17,7 @@ class _Model:
     that holds a 'poison' chunk fails as a whole, and so does that chunk alone."""
 
     max_tokens = 12
+    batch_size = 4  # LocalModel protocol; the tests pass their own batch size
 
     def __init__(self) -> None:
         self.calls: list[int] = []
