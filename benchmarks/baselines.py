@@ -144,6 +144,7 @@ def plain(args: argparse.Namespace) -> dict[str, Any]:
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     device = _device(args.device)
     texts = read_texts(args.file, args.n)
+    docs = chunked_texts(args.file, args.n) if args.same_work else None
     if args.precisions:
         precisions = args.precisions
     elif device == "cpu":
@@ -159,10 +160,12 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         model = _load(device, precision)
         _encode_s(model, texts[:32], device, precision, 32)
         for batch in args.batches:
-            seconds = _encode_s(model, texts, device, precision, batch)
+            seconds = (_encode_s(model, texts, device, precision, batch) if docs is None
+                       else _encode_chunked_s(model, docs, device, precision, batch))
             results.append({"precision": precision, "batch": batch, "docs_per_s": len(texts) / seconds})
     best = max(results, key=lambda r: r["docs_per_s"])
-    return {"system": "calibrate", "device": device, "n": len(texts), "results": results, "best": best}
+    return {"system": "calibrate", "device": device, "n": len(texts), "same_work": args.same_work,
+            "results": results, "best": best}
 
 
 def mltransform(args: argparse.Namespace) -> dict[str, Any]:
@@ -216,15 +219,14 @@ def main() -> None:
         sp.add_argument("--device", default="auto")
         if name != "calibrate":
             sp.add_argument("--sizes", type=int, nargs="+", required=True)
-        if name != "calibrate":
-            sp.add_argument("--same-work", action="store_true",
-                            help="embed the local tier's chunks of each text, not the truncated text")
+        sp.add_argument("--same-work", action="store_true",
+                        help="embed the local tier's chunks of each text, not the truncated text")
         if name == "plain":
             sp.add_argument("--precision", default="fp32")
             sp.add_argument("--batch", type=int, default=64)
         if name == "calibrate":
             sp.add_argument("--n", type=int, default=800)
-            sp.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128])
+            sp.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64, 128])
             sp.add_argument("--precisions", nargs="+", default=None,
                             help="default: fp32, plus bf16 where the CPU has it natively (CUDA: all)")
     args = ap.parse_args()

@@ -15,7 +15,8 @@ hits every system alike:
   writes) with the local tier only (no document may go to the API), a fresh store each time;
   with ``--workers 2`` also under ``direct_running_mode: multi_processing``.
 * **plain**: ``SentenceTransformer.encode`` on the same texts at its best precision and
-  batch size (found first by ``benchmarks.baselines calibrate``).
+  batch size (found first by ``benchmarks.baselines calibrate``; ``plain-same`` calibrated
+  on the chunks it embeds).
 * **beam**: Beam's ``MLTransform`` with ``SentenceTransformerEmbeddings`` on the same
   JSONL (``benchmarks.baselines mltransform``).
 
@@ -85,6 +86,18 @@ def _ours(work: Path, files: dict[int, Path], workers: int, round_no: int) -> di
     return times
 
 
+def _calibrate(path: Path, *, same_work: bool) -> dict[str, Any]:
+    """Plain encode's best precision and batch size on 800 texts, or on their chunks."""
+    cal = _baseline("calibrate", str(path), "--n", "800", *(["--same-work"] if same_work else []))
+    what = "the chunks of " if same_work else ""
+    print(f"plain encode calibration on {what}{cal['n']} texts ({cal['device']}):")
+    for r in cal["results"]:
+        print(f"  {r['precision']:>5} batch {r['batch']:>4}: {r['docs_per_s']:7.1f} docs/s")
+    best: dict[str, Any] = cal["best"]
+    print(f"  best: {best['precision']} batch {best['batch']}", flush=True)
+    return best
+
+
 def _marginal(times: dict[int, float], small: int, large: int) -> tuple[float, float]:
     """(docs/s between small and large, fixed seconds) from one round's timings."""
     rate = (large - small) / max(1e-9, times[large] - times[small])
@@ -106,12 +119,9 @@ def main() -> None:
     files = {n: prefix(args.corpus, n, args.work) for n in (args.small, args.large)}
 
     started = time.time()
-    cal = _baseline("calibrate", str(files[args.large]), "--n", "800")
-    best = cal["best"]
-    print(f"plain encode calibration on {cal['n']} texts ({cal['device']}):")
-    for r in cal["results"]:
-        print(f"  {r['precision']:>5} batch {r['batch']:>4}: {r['docs_per_s']:7.1f} docs/s")
-    print(f"  best: {best['precision']} batch {best['batch']}", flush=True)
+    best = _calibrate(files[args.large], same_work=False)
+    # plain-same gets its own best batch size: chunks are not the truncated texts
+    best_same = _calibrate(files[args.large], same_work=True) if "plain-same" in args.baselines else best
 
     systems = [f"ours-w{w}" for w in args.workers] + list(args.baselines)
     results: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
@@ -124,8 +134,9 @@ def main() -> None:
                 times = _ours(args.work, files, int(system.removeprefix("ours-w")), round_no)
             elif system.startswith("plain"):
                 same = ["--same-work"] if system.endswith("-same") else []
+                cal = best_same if same else best
                 out = _baseline("plain", str(files[args.large]), "--sizes", *sizes, "--precision",
-                                best["precision"], "--batch", str(best["batch"]), *same)
+                                cal["precision"], "--batch", str(cal["batch"]), *same)
                 times = {int(k): v + out["startup_s"] for k, v in out["encode_s"].items()}
                 if same:
                     print(f"    chunks embedded: {out['chunks']}", flush=True)
@@ -150,7 +161,8 @@ def main() -> None:
         print(f"  {s:>8}: {rate:7.1f} docs/s   fixed start-up {fixed:6.1f}s")
     ours = best_of[f"ours-w{args.workers[0]}"][0]
     names = {"plain": f"plain encode ({best['precision']}, batch {best['batch']}), truncating",
-             "plain-same": f"plain encode ({best['precision']}, batch {best['batch']}), same chunks",
+             "plain-same": f"plain encode ({best_same['precision']}, batch {best_same['batch']}), "
+                           "same chunks",
              "beam": "Beam MLTransform, truncating", "beam-same": "Beam MLTransform, same chunks"}
     for name in args.baselines:
         print(f"ours / {names[name]}: {ours / best_of[name][0]:.2f}")
