@@ -107,7 +107,8 @@ def tree_cpu_by_process(pid: int) -> dict[str, float]:
             stat = Path(f"/proc/{p}/stat").read_text()
             argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
             fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
-            out[f"{_short_name(argv)}[{p}]"] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+            if any(argv):  # an exiting process has no command line left: keep its last named figure
+                out[f"{_short_name(argv)}[{p}]"] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
         except (OSError, IndexError, ValueError):
             continue
         todo += _children(p)
