@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +42,7 @@ class LocalModelSpec:
     model: str
     device: str
     precision: str
-    batch_size: int | str  # chunks per model call, or "auto" (per device: default_batch_size)
+    batch_size: int | Literal["auto"]  # chunks per model call; "auto": default_batch_size(device)
     max_input_tokens: int
     threads: int | None = None  # torch CPU threads in this worker; None = torch's default
 
@@ -123,8 +123,9 @@ def default_batch_size(device: str) -> int:
 
     CPU: 16. Measured on this project's 2-core AVX2 machine with length buckets
     (``benchmarks.bench_local_device``, fp32): 8: 25, 16: 25, 32: 24, 64: 22 docs/s; plain
-    ``encode`` peaks at 16 too. Beyond that the per-call attention scores (batch x 12 heads x
-    tokens^2 floats, 200 MB at 64 x 256 tokens) outgrow the caches and show in peak memory.
+    ``encode`` peaked at 8, 16 or 32 there depending on the hour, never at 64. A larger batch
+    also allocates more attention scores per call (batch x 12 heads x tokens^2 floats: 200 MB
+    at 64 x 256 tokens, a quarter of that at 16), which shows in peak memory.
     CUDA: 64 (fills the GPU better; not measured here: no GPU was lent).
     """
     return 16 if device == "cpu" else 64
