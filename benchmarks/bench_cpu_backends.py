@@ -134,6 +134,11 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"{len(chunks)} chunks of the first {args.docs} texts, batch {args.batch}, {threads} threads, "
           f"torch {torch.__version__}")
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
+        raise SystemExit("torch.onnx.export needs the onnx package: .venv/bin/pip install onnx "
+                         "onnxruntime openvino") from None
     with tempfile.TemporaryDirectory() as tmp:
         runs = _backends(model, _export(model, Path(tmp) / "model.onnx"), threads)
         systems: dict[str, Callable[[], Vectors]] = {"torch fp32 (ships)": lambda: model.encode(chunks)}
