@@ -79,39 +79,44 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_by_process(pid: int) -> dict[str, float]:
-    """Resident memory in MB of ``pid`` and each of its descendants, by a short name
-    (the module or program it runs, with its pid)."""
-    out: dict[str, float] = {}
+def _tree(pid: int) -> list[tuple[int, str]]:
+    """``pid`` and each of its descendants, with a short name (the module or program it runs,
+    and its pid); a process that is exiting (no command line left) is left out."""
+    out: list[tuple[int, str]] = []
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            rss = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
             argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
-        out[f"{_short_name(argv)}[{p}]"] = rss / 2**20
+        if any(argv):
+            out.append((p, f"{_short_name(argv)}[{p}]"))
         todo += _children(p)
     return out
 
 
-def tree_cpu_by_process(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by ``pid`` and each of its descendants, by the
-    same short names as :func:`tree_rss_by_process`."""
+def tree_rss_by_process(pid: int) -> dict[str, float]:
+    """Resident memory in MB of ``pid`` and each of its descendants, by short name."""
     out: dict[str, float] = {}
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p, name in _tree(pid):
         try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
-            if any(argv):  # an exiting process has no command line left: keep its last named figure
-                out[f"{_short_name(argv)}[{p}]"] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+            out[name] = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE / 2**20
         except (OSError, IndexError, ValueError):
             continue
-        todo += _children(p)
+    return out
+
+
+def tree_cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by ``pid`` and each of its descendants."""
+    out: dict[str, float] = {}
+    for p, name in _tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+            out[name] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
     return out
 
 
