@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 
 import apache_beam as beam
@@ -198,6 +199,18 @@ def test_settings_take_auto_or_a_positive_batch_size_and_refuse_the_rest() -> No
     for bad in (0, "big", 5000):
         with pytest.raises(ValidationError):
             LocalTierSettings.model_validate({"batch_size": bad})
+
+
+@pytest.mark.skipif(not platform.libc_ver()[0] == "glibc", reason="malloc_trim is glibc's")
+def test_the_cpu_model_returns_free_heap_to_the_system_after_every_batch() -> None:
+    model = load_local_model(SPEC)
+    assert model._trim is not None  # found in this glibc
+    calls: list[int] = []
+    real = model._trim
+    model._trim = lambda pad: calls.append(pad) or real(pad)
+    model.encode(["short"])
+    model.encode(["a longer text " * 40, "another"])
+    assert calls == [0, 0]
 
 
 def _cuda_available() -> bool:
