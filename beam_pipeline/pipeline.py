@@ -5,7 +5,7 @@ ReadDocuments -> ValidateDocuments -> ScoreDocuments
   -> SkipUnchanged (join by id with ReadStoredHashes: the store's (id, version, hash) rows)
   -> PlanBudget (side input) -> RouteByTier
   -> per "<tier>/<version>" branch: EmbedLocal | EmbedApi (fallback -> local)
-  -> WriteEmbeddings (LanceDB | Weaviate) ; every stage's dead letters -> WriteDeadLetters
+  -> WriteEmbeddings per branch (LanceDB | Weaviate) ; every stage's dead letters -> WriteDeadLetters
 ```
 
 ``build_pipeline`` only constructs the graph (no model is loaded, torch is not imported);
@@ -258,35 +258,41 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     plan = scored | "PlanBudget" >> PlanBudget(policy, per_token, spec.budget_usd)
     routed = scored | "RouteByTier" >> RouteByTier(policy, per_token, plan, declared)
 
+    # No Flatten between the embedding stages and the writer: Beam's in-process runner
+    # materializes every multi-input Flatten (fn_api_runner/translations.py, sink_flattens:
+    # "Actually attempt to sink rather than always materialize" is a TODO in 2.x), so one
+    # Flatten before the writer held every embedded document, vector and text, in memory
+    # until the last was embedded, and nothing reached the store before then. Each branch
+    # (an API version; a local version; a local version's fallbacks from one API version)
+    # gets its own writer instead, fused with it: documents are written as they are embedded.
+    sink = replace(sink, telemetry=telemetry)  # every writer reports documents written and progress
     dead = [valid[DEAD_LETTERS]]
-    embedded = []
-    fallbacks = []
+    embedded: list[tuple[str, beam.PCollection]] = []
+    fallbacks: list[tuple[str, beam.PCollection]] = []
     for model in s.api.models:
         tag = branch_tag(Tier.API, model.version)
         out = routed[tag] | f"EmbedApi[{model.version}]" >> EmbedApi(
             replace(branches[model.version], telemetry=telemetry)
         )
-        embedded.append(out["embedded"])
-        fallbacks.append(out[FALLBACK])
+        embedded.append((f"api-{model.version}", out["embedded"]))
+        fallbacks.append((model.version, out[FALLBACK]))
         dead.append(out[DEAD_LETTERS])
-    fallback = tuple(fallbacks) | "FlattenFallback" >> beam.Flatten()
     for m in s.local.models:
-        mine = fallback | f"Fallback[{m.version}]" >> beam.Filter(
-            lambda r, v=m.version: r.model_version == v
-        )
-        branch_in = (routed[branch_tag(Tier.LOCAL, m.version)], mine) | (
-            f"LocalInput[{m.version}]" >> beam.Flatten()
-        )
         lspec = LocalModelSpec(m.model, s.local.device, s.local.precision, s.local.batch_size,
                                m.max_input_tokens, local_threads(s))
-        out = branch_in | f"EmbedLocal[{m.version}]" >> EmbedLocal(lspec, m.version)
-        embedded.append(out["embedded"])
-        dead.append(out[DEAD_LETTERS])
-
-    all_embedded = tuple(embedded) | "FlattenEmbedded" >> beam.Flatten()
-    sink = replace(sink, telemetry=telemetry)  # every writer reports documents written and progress
-    written = all_embedded | "WriteEmbeddings" >> WriteEmbeddings(sink)
-    dead.append(written["dead_letters"])
+        inputs = [(f"local-{m.version}", routed[branch_tag(Tier.LOCAL, m.version)])]
+        for api_version, fallback in fallbacks:
+            inputs.append((f"fallback-{api_version}-{m.version}", fallback | (
+                f"Fallback[{api_version}->{m.version}]" >> beam.Filter(
+                    lambda r, v=m.version: r.model_version == v))))
+        for name, docs in inputs:  # one loaded model per process whatever the count (_SHARED_MODELS)
+            label = f"EmbedLocal[{m.version}]" if name.startswith("local-") else f"EmbedLocal[{name}]"
+            out = docs | label >> EmbedLocal(lspec, m.version)
+            embedded.append((name, out["embedded"]))
+            dead.append(out[DEAD_LETTERS])
+    for name, docs in embedded:
+        written = docs | f"WriteEmbeddings[{name}]" >> WriteEmbeddings(sink)
+        dead.append(written["dead_letters"])
     letters = tuple(dead) | "FlattenDeadLetters" >> beam.Flatten()
     letters | "WriteDeadLetters" >> WriteDeadLetters(s.dead_letters.dir, spec.run_id)
     letters | "RecordDeadLetters" >> RecordDeadLetters(telemetry)

@@ -135,6 +135,38 @@ def test_coverage_mode_gives_every_document_the_local_vector(
     assert store.count("minilm-l6-v2") == 6 and store.count("fake-v1") == 1
 
 
+def test_documents_reach_the_store_while_later_ones_are_still_being_embedded(
+    tmp_path: Path, make_settings: SettingsFactory, fake_api: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No stage between the embedders and the writer holds every embedded document: Beam's
+    in-process runner materializes a multi-input Flatten, and one before the writer kept
+    all vectors in memory and wrote none until the last was embedded (and lost them all to
+    a kill). Both tiers here, so each writer sits beside other branches."""
+    from beam_pipeline.local_embedder import LoadedLocalModel
+
+    settings = _settings(make_settings, sink={"batch_size": 2}, local={"batch_size": 8})
+    store = LanceDBStore(LanceDBSinkConfig(settings.sink.lancedb.uri))
+    stored_at_each_call: list[int] = []
+    encode = LoadedLocalModel.encode
+
+    def recording(self: LoadedLocalModel, texts: list[str]) -> Any:
+        stored_at_each_call.append(store.count("minilm-l6-v2"))
+        return encode(self, texts)
+
+    monkeypatch.setattr(LoadedLocalModel, "encode", recording)
+    docs = corpus(200)
+    for d in docs[:4]:
+        d["metadata"]["priority"] = "high"  # the rule sends these to the API tier
+    report, _ = _run(settings, fake_api, write_jsonl(tmp_path / "d.jsonl", docs), "stream")
+    assert report.accounting_ok() and report.written == 200
+    assert store.count("minilm-l6-v2") == 196 and store.count("fake-v1") == 4
+    # the local tier tokenizes 64 waiting documents at a time (BucketedEncoder's admit), so
+    # the first batches are embedded after 64 documents arrive and the last at the end:
+    # by the last model call, the documents of the earlier ones are in the store
+    assert stored_at_each_call[-1] >= 32, stored_at_each_call
+
+
 def test_worker_share_defaults_to_one_over_direct_workers(make_settings: SettingsFactory) -> None:
     from beam_pipeline.pipeline import worker_share
 
