@@ -17,7 +17,6 @@ bf16 autocast than in fp32; see benchmarks/README.md).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib
 import logging
 from collections.abc import Sequence
@@ -121,14 +120,15 @@ def precision_plan(device: str, precision: str, cpu_bf16: bool | None = None) ->
 
 
 def _glibc_malloc_trim() -> Any | None:
-    """glibc's ``malloc_trim``, or None on another C library (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's ``malloc_trim(size_t pad)``, or None on another C library (musl, macOS, Windows)."""
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None)
-    except OSError:
+        fn = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library already loaded
+    except (OSError, TypeError):  # Windows: no "main program" handle
         return None
+    if fn is not None:
+        fn.argtypes = [ctypes.c_size_t]
+        fn.restype = ctypes.c_int
+    return fn
 
 
 def default_batch_size(device: str) -> int:

@@ -262,34 +262,36 @@ def build_pipeline(p: beam.Pipeline, spec: PipelineSpec) -> None:
     # materializes every multi-input Flatten (fn_api_runner/translations.py, sink_flattens:
     # "Actually attempt to sink rather than always materialize" is a TODO in 2.x), so one
     # Flatten before the writer held every embedded document, vector and text, in memory
-    # until the last was embedded, and nothing reached the store before then. Each branch
-    # (an API version; a local version; a local version's fallbacks from one API version)
-    # gets its own writer instead, fused with it: documents are written as they are embedded.
+    # until the last was embedded, and nothing reached the store before then. Each embedding
+    # branch (an API version, a local version) gets its own writer instead, fused with it:
+    # documents are written as they are embedded. The Flatten of a local version's input
+    # (routed documents plus the API fallbacks) stays: it holds documents, not vectors, and
+    # keeps one EmbedLocal per local version (one model load per process).
     sink = replace(sink, telemetry=telemetry)  # every writer reports documents written and progress
     dead = [valid[DEAD_LETTERS]]
     embedded: list[tuple[str, beam.PCollection]] = []
-    fallbacks: list[tuple[str, beam.PCollection]] = []
+    fallbacks = []
     for model in s.api.models:
         tag = branch_tag(Tier.API, model.version)
         out = routed[tag] | f"EmbedApi[{model.version}]" >> EmbedApi(
             replace(branches[model.version], telemetry=telemetry)
         )
-        embedded.append((f"api-{model.version}", out["embedded"]))
-        fallbacks.append((model.version, out[FALLBACK]))
+        embedded.append((f"api:{model.version}", out["embedded"]))
+        fallbacks.append(out[FALLBACK])
         dead.append(out[DEAD_LETTERS])
+    fallback = tuple(fallbacks) | "FlattenFallback" >> beam.Flatten()
     for m in s.local.models:
+        mine = fallback | f"Fallback[{m.version}]" >> beam.Filter(
+            lambda r, v=m.version: r.model_version == v
+        )
+        branch_in = (routed[branch_tag(Tier.LOCAL, m.version)], mine) | (
+            f"LocalInput[{m.version}]" >> beam.Flatten()
+        )
         lspec = LocalModelSpec(m.model, s.local.device, s.local.precision, s.local.batch_size,
                                m.max_input_tokens, local_threads(s))
-        inputs = [(f"local-{m.version}", routed[branch_tag(Tier.LOCAL, m.version)])]
-        for api_version, fallback in fallbacks:
-            inputs.append((f"fallback-{api_version}-{m.version}", fallback | (
-                f"Fallback[{api_version}->{m.version}]" >> beam.Filter(
-                    lambda r, v=m.version: r.model_version == v))))
-        for name, docs in inputs:  # one loaded model per process whatever the count (_SHARED_MODELS)
-            label = f"EmbedLocal[{m.version}]" if name.startswith("local-") else f"EmbedLocal[{name}]"
-            out = docs | label >> EmbedLocal(lspec, m.version)
-            embedded.append((name, out["embedded"]))
-            dead.append(out[DEAD_LETTERS])
+        out = branch_in | f"EmbedLocal[{m.version}]" >> EmbedLocal(lspec, m.version)
+        embedded.append((f"local:{m.version}", out["embedded"]))
+        dead.append(out[DEAD_LETTERS])
     for name, docs in embedded:
         written = docs | f"WriteEmbeddings[{name}]" >> WriteEmbeddings(sink)
         dead.append(written["dead_letters"])
