@@ -171,9 +171,9 @@ class LoadedLocalModel:
         # Flat memory on the CPU. torch takes each batch's activations (megabytes: 16 x 12
         # heads x 256^2 attention floats is 50 MB) from glibc malloc, whose dynamic mmap
         # threshold soon serves blocks that size from the heap; the freed heap fragments and
-        # is kept, so RSS grew with every new batch shape (446 MB after load, 851 MB after
-        # 3,000 documents of the model loop alone). Returning free pages after every batch
-        # keeps it at 544 MB for the same time (126 s both ways; benchmarks/README.md,
+        # is kept, so RSS grew with every new batch shape. Returning free pages after every
+        # batch: 98 MB of growth after load instead of 428 over 3,000 documents of the model
+        # loop alone, 1.02x the time (benchmarks.bench_model_memory; benchmarks/README.md,
         # "Memory of the model loop"). No allocator knob does this: MALLOC_ARENA_MAX did not
         # help, a fixed MALLOC_MMAP_THRESHOLD_ did but cost 10% speed and must be set
         # before the process starts.
