@@ -53,6 +53,9 @@ def write_config(path: Path, state_dir: Path, extra: Mapping[str, Any] | None = 
         "sink": {"lancedb": {"uri": str(state_dir / "store")}},
         "budget": {"ledger_path": str(state_dir / "ledger.sqlite")},
         "dead_letters": {"dir": str(state_dir / "dead_letters")},
+        # the paid-results cache too: a first run must start cold and pay (else a previous
+        # run's cached API vectors make its "API requests" 0)
+        "api": {"result_cache": {"path": str(state_dir / "api_results.sqlite")}},
     }
     for key, value in (extra or {}).items():
         settings[key] = {**settings.get(key, {}), **value} if isinstance(value, dict) else value
