@@ -33,14 +33,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.harness import ROOT, bench_env
+from benchmarks.harness import ROOT, bench_env, rss_mb
 
 __all__ = ["main"]
 
 
 def _rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss_mb(os.getpid())
 
 
 def _child(texts: Path, docs: int, every: int, trim: bool) -> None:

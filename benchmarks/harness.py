@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "tree_rss_by_process",
+__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "rss_mb", "tree_rss_by_process",
            "tree_cpu_by_process", "bench_env", "linear_fit"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,12 +99,17 @@ def _tree(pid: int) -> list[tuple[int, str]]:
     return out
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process in MB, from ``/proc/<pid>/statm``."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE / 2**20
+
+
 def tree_rss_by_process(pid: int) -> dict[str, float]:
     """Resident memory in MB of ``pid`` and each of its descendants, by short name."""
     out: dict[str, float] = {}
     for p, name in _tree(pid):
         try:
-            out[name] = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE / 2**20
+            out[name] = rss_mb(p)
         except (OSError, IndexError, ValueError):
             continue
     return out
