@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from beam_pipeline.pipeline import ResolvedApi
-from flows.processes import child_environment, die_with_parent
+from flows.processes import child_environment, dying_with_parent
 from tiering.errors import ConfigError, TerminalError
 from tiering.report import RunReport
 from tiering.settings import ApiEndpointMode, ApiTierSettings, TierembedSettings
@@ -87,9 +87,9 @@ class LocalApiServer:
         self._log_file = tempfile.TemporaryFile(prefix="tierembed-api-")  # unlinked: nothing left on SIGKILL
         # Its own session (no terminal signals), no secrets in its environment, and killed by
         # the kernel if this process dies without stopping it (flows.processes).
-        self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     env=child_environment(), preexec_fn=die_with_parent())
+        self.proc = subprocess.Popen(dying_with_parent(argv), stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=child_environment())
         self._wait_healthy()
         _log.info("local OpenAI-compatible server %s started (pid %d) at %s",
                   self.command[0], self.proc.pid, self.base_url)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from flows.processes import child_environment, die_with_parent
+from flows.processes import child_environment, dying_with_parent
 from tiering.errors import ConfigError
 
 __all__ = ["TemporaryPrefectServer", "prefect_api"]
@@ -71,9 +71,8 @@ class TemporaryPrefectServer:
         # Its own session: a Ctrl-C (or `timeout`) signals the terminal's whole process group,
         # and the server must outlive the run's own shutdown, which still reports to it. It is
         # stopped in prefect_api(), or killed by the kernel when this process dies.
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=die_with_parent())
+        self.proc = subprocess.Popen(dying_with_parent(argv), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         if while_starting is not None:
             try:
                 while_starting()

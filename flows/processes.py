@@ -8,49 +8,56 @@ Linux parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``): the kernel kil
 the moment the thread that started it dies, however it dies. Elsewhere (macOS) there is no
 such signal and only the ``finally`` blocks apply.
 
-The parent-death signal fires when the *thread* that forked the child ends, so start these
+The parent-death signal fires when the *thread* that started the child ends, so start these
 servers from a thread that lives as long as the run (the CLI's and the flow's main thread).
 Their environment leaves out secrets (:func:`child_environment`).
+
+The signal is armed by a small launcher (:func:`dying_with_parent`) that runs first in the
+child and then ``exec``s the server, not by a ``preexec_fn``: a ``preexec_fn`` makes
+``subprocess`` fork this whole process (threads, a gigabyte of model and Beam state) and run
+Python in the copy before ``exec``, which Python documents as unsafe with threads and which
+runs every library's at-fork hook (LanceDB's printed "lancedb fork support is experimental"
+into ``tierembed search`` and warned of deadlocks). Without one, ``subprocess`` starts the
+child with ``vfork``, and no Python code runs between the fork and the ``exec``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 
-__all__ = ["die_with_parent", "child_environment", "SECRET_MARKERS"]
+__all__ = ["dying_with_parent", "child_environment", "SECRET_MARKERS"]
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Names of environment variables a helper server must not inherit.
 SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 _SECRET_PREFIXES = ("OPENAI_", "TIEREMBED_", "AWS_", "GOOGLE_", "AZURE_", "WEAVIATE_")
 
 
-def _load_prctl() -> Callable[..., int] | None:
+# The launcher: arm PR_SET_PDEATHSIG (1, <linux/prctl.h>) with SIGKILL, die at once if the
+# parent already died before it was armed, then become the server. It survives the exec.
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit("tierembed: prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    os.kill(os.getpid(), signal.SIGKILL)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.exit("tierembed: cannot start " + sys.argv[2] + ": " + (exc.strerror or str(exc)))
+"""
+
+
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so that the child is SIGKILLed by the kernel when the thread that
+    starts it dies; ``argv`` unchanged where the platform has no parent-death signal. The
+    child keeps the pid ``subprocess`` reports (the launcher ``exec``s the server)."""
     if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return libc.prctl  # type: ignore[no-any-return]
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die (SIGKILL) when this thread dies; None where
-    the platform has no parent-death signal. Kept minimal: it runs between fork and exec."""
-    prctl = _load_prctl()  # loaded here, before the fork
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def _arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return _arm
+        return list(argv)
+    # -I -S: no site-packages, no PYTHON* variables; the launcher needs only the stdlib
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

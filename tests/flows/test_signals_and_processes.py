@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.processes import child_environment
+from flows.processes import child_environment, dying_with_parent
 from flows.signals import RunStopped, exit_code_for, record_stop_signals, stop_signal_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +77,8 @@ def test_a_child_started_with_the_parent_death_signal_dies_with_a_sigkilled_pare
     pid_file = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
-        "from flows.processes import die_with_parent\n"
-        "child = subprocess.Popen(['sleep', '300'], start_new_session=True, preexec_fn=die_with_parent())\n"
+        "from flows.processes import dying_with_parent\n"
+        "child = subprocess.Popen(dying_with_parent(['sleep', '300']), start_new_session=True)\n"
         f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(300)\n")], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -97,6 +97,31 @@ def test_a_child_started_with_the_parent_death_signal_dies_with_a_sigkilled_pare
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run(tmp_path: Path) -> None:
+    # A preexec_fn forks the whole run and runs every at-fork hook in the copy; LanceDB's
+    # printed a warning into `tierembed search`. The launcher keeps the pid and execs.
+    probe = subprocess.run([sys.executable, "-c", (
+        "import os, subprocess, sys\n"
+        "os.register_at_fork(after_in_child=lambda: os.write(2, b'AT-FORK HOOK RAN\\n'))\n"
+        "from flows.processes import dying_with_parent\n"
+        "child = subprocess.Popen(dying_with_parent([sys.executable, '-c', 'import os; print(os.getpid())']),\n"
+        "                         stdout=subprocess.PIPE, text=True, start_new_session=True)\n"
+        "out, _ = child.communicate(timeout=60)\n"
+        "print(child.pid, out.strip(), child.returncode)\n")],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert "AT-FORK HOOK RAN" not in probe.stderr
+    started, reported, code = probe.stdout.split()
+    assert started == reported and code == "0"  # the server is the process subprocess started
+
+
+def test_the_launcher_fails_loudly_when_the_program_is_missing(tmp_path: Path) -> None:
+    proc = subprocess.run(dying_with_parent([str(tmp_path / "no-such-server")]), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "no-such-server" in proc.stderr
 
 
 def _alive(pid: int) -> bool:
