@@ -35,9 +35,13 @@ def modules_for(settings: TierembedSettings) -> list[str]:
     """The heavy modules a run of ``settings`` imports in this process, in import order."""
     if not in_process_runner(settings):
         return []
-    # not lancedb: imported before the run forks its stand-in API server, its at-fork hook
-    # prints "lancedb fork support is experimental" into every run's output
-    return ["beam_pipeline.pipeline", "sentence_transformers"]
+    modules = ["beam_pipeline.pipeline", "sentence_transformers"]
+    if settings.sink.kind == "lancedb":
+        # safe to import before the run starts its stand-in API server: helper servers are
+        # started without a fork of this process (flows.processes), so LanceDB's at-fork hook
+        # does not run
+        modules.append("lancedb")
+    return modules
 
 
 def warm_up(settings: TierembedSettings) -> Callable[[], None] | None:

@@ -9,11 +9,12 @@ from flows.warmup import modules_for, warm_up
 from tests.conftest import SettingsFactory
 
 
-def test_an_in_process_run_imports_beam_and_the_local_model_library_not_lancedb(
+def test_an_in_process_run_imports_beam_the_local_model_library_and_its_store_client(
     make_settings: SettingsFactory,
 ) -> None:
-    # lancedb imported before the stand-in API server is forked prints a fork warning per run
-    assert modules_for(make_settings()) == ["beam_pipeline.pipeline", "sentence_transformers"]
+    assert modules_for(make_settings()) == ["beam_pipeline.pipeline", "sentence_transformers", "lancedb"]
+    weaviate = make_settings({"sink": {"kind": "weaviate"}})
+    assert modules_for(weaviate) == ["beam_pipeline.pipeline", "sentence_transformers"]
 
 
 def test_runners_with_their_own_workers_get_no_warm_up(make_settings: SettingsFactory) -> None:
