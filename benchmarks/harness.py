@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "rss_mb", "tree_rss_by_process",
-           "tree_cpu_by_process", "bench_env", "linear_fit"]
+__all__ = ["ROOT", "CliRun", "prefix", "write_config", "run_cli", "rss_mb", "tree_usage",
+           "bench_env", "linear_fit"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -104,27 +104,17 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE / 2**20
 
 
-def tree_rss_by_process(pid: int) -> dict[str, float]:
-    """Resident memory in MB of ``pid`` and each of its descendants, by short name."""
-    out: dict[str, float] = {}
-    for p, name in _tree(pid):
-        try:
-            out[name] = rss_mb(p)
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
-def tree_cpu_by_process(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by ``pid`` and each of its descendants."""
-    out: dict[str, float] = {}
+def tree_usage(pid: int) -> dict[str, tuple[float, float]]:
+    """(resident MB, CPU seconds used so far) of ``pid`` and each of its descendants, by short
+    name, from one walk of the process tree."""
+    out: dict[str, tuple[float, float]] = {}
     for p, name in _tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
-            out[name] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+            out[name] = (rss_mb(p), (int(fields[11]) + int(fields[12])) / _TICK)  # utime + stime
         except (OSError, IndexError, ValueError):
-            continue
+            continue  # exited between the walk and the read
     return out
 
 
@@ -170,9 +160,10 @@ def run_cli(source: Path, config: Path, docs: int, *, extra_args: Sequence[str] 
         def sample() -> None:
             nonlocal peak, cpu
             while not done.is_set():
-                used = tree_cpu_by_process(proc.pid)
-                cpu = {**cpu, **used}  # a process that has exited keeps its last figure
-                by_process = tree_rss_by_process(proc.pid)
+                usage = tree_usage(proc.pid)
+                # a process that has exited keeps its last CPU figure
+                cpu = {**cpu, **{name: used for name, (_, used) in usage.items()}}
+                by_process = {name: rss for name, (rss, _) in usage.items()}
                 total = sum(by_process.values())
                 if total > sum(peak.values()):
                     peak = by_process
