@@ -17,8 +17,8 @@ child and then ``exec``s the server, not by a ``preexec_fn``: a ``preexec_fn`` m
 ``subprocess`` fork this whole process (threads, a gigabyte of model and Beam state) and run
 Python in the copy before ``exec``, which Python documents as unsafe with threads and which
 runs every library's at-fork hook (LanceDB's printed "lancedb fork support is experimental"
-into ``tierembed search`` and warned of deadlocks). Without one, ``subprocess`` starts the
-child with ``vfork``, and no Python code runs between the fork and the ``exec``.
+into ``tierembed search`` and warned of deadlocks). Without one, no Python code runs in the
+child between the fork and the ``exec`` (and CPython may use ``vfork``).
 """
 
 from __future__ import annotations
