@@ -100,7 +100,7 @@ def test_a_child_started_with_the_parent_death_signal_dies_with_a_sigkilled_pare
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run(tmp_path: Path) -> None:
+def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run() -> None:
     # A preexec_fn forks the whole run and runs every at-fork hook in the copy; LanceDB's
     # printed a warning into `tierembed search`. The launcher keeps the pid and execs.
     probe = subprocess.run([sys.executable, "-c", (
@@ -118,6 +118,7 @@ def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run(tmp
     assert started == reported and code == "0"  # the server is the process subprocess started
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher is Linux's")
 def test_the_launcher_fails_loudly_when_the_program_is_missing(tmp_path: Path) -> None:
     proc = subprocess.run(dying_with_parent([str(tmp_path / "no-such-server")]), capture_output=True,
                           text=True, timeout=60)
