@@ -107,8 +107,9 @@ def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run() -
         "import os, subprocess, sys\n"
         "os.register_at_fork(after_in_child=lambda: os.write(2, b'AT-FORK HOOK RAN\\n'))\n"
         "from flows.processes import dying_with_parent\n"
-        "child = subprocess.Popen(dying_with_parent([sys.executable, '-c', 'import os; print(os.getpid())']),\n"
-        "                         stdout=subprocess.PIPE, text=True, start_new_session=True)\n"
+        "server = [sys.executable, '-c', 'import os; print(os.getpid())']\n"
+        "child = subprocess.Popen(dying_with_parent(server), stdout=subprocess.PIPE, text=True,\n"
+        "                         start_new_session=True)\n"
         "out, _ = child.communicate(timeout=60)\n"
         "print(child.pid, out.strip(), child.returncode)\n")],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
