@@ -36,6 +36,8 @@ _SECRET_PREFIXES = ("OPENAI_", "TIEREMBED_", "AWS_", "GOOGLE_", "AZURE_", "WEAVI
 
 # The launcher: arm PR_SET_PDEATHSIG (1, <linux/prctl.h>) with SIGKILL, die at once if the
 # parent already died before it was armed, then become the server. It survives the exec.
+# A string, not a module of ours: run with -I it sees no project path and imports only the
+# stdlib, so it costs a bare interpreter start.
 _LAUNCHER = """\
 import ctypes, os, signal, sys
 libc = ctypes.CDLL(None, use_errno=True)

@@ -16,6 +16,8 @@ from flows.processes import child_environment, dying_with_parent
 from flows.signals import RunStopped, exit_code_for, record_stop_signals, stop_signal_of
 
 ROOT = Path(__file__).resolve().parents[2]
+# the parent-death signal, and so the launcher that arms it, are Linux's
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 
 def test_run_stopped_keeps_its_type_through_beams_re_raise() -> None:
@@ -72,7 +74,7 @@ def test_helper_servers_get_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["HF_HUB_OFFLINE"] == "1" and env["PREFECT_UI_ENABLED"] == "0" and "PATH" in env
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@linux_only
 def test_a_child_started_with_the_parent_death_signal_dies_with_a_sigkilled_parent(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
@@ -99,7 +101,7 @@ def test_a_child_started_with_the_parent_death_signal_dies_with_a_sigkilled_pare
             parent.wait()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@linux_only
 def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run() -> None:
     # A preexec_fn forks the whole run and runs every at-fork hook in the copy; LanceDB's
     # printed a warning into `tierembed search`. The launcher keeps the pid and execs.
@@ -119,7 +121,7 @@ def test_starting_a_helper_server_runs_no_python_in_a_forked_copy_of_the_run() -
     assert started == reported and code == "0"  # the server is the process subprocess started
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher is Linux's")
+@linux_only
 def test_the_launcher_fails_loudly_when_the_program_is_missing(tmp_path: Path) -> None:
     proc = subprocess.run(dying_with_parent([str(tmp_path / "no-such-server")]), capture_output=True,
                           text=True, timeout=60)
