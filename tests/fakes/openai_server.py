@@ -57,7 +57,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -807,6 +807,8 @@ class _FakeOpenAIApp:
         self._clock = clock
         self._initial = config
         self.stopping = threading.Event()
+        self._answering = 0
+        self._idle = threading.Condition(self._lock)
         self._install(config)
 
     def _install(self, config: FakeServerConfig) -> None:
@@ -851,16 +853,37 @@ class _FakeOpenAIApp:
         with self._lock:
             return self._stats.snapshot(tuple(self._fail_next))
 
-    def record_reply(self, reply: _Reply, *, sent: bool = True) -> None:
-        """Count a reply and bill it; ``sent=False`` takes back a reply that failed to send."""
-        sign = 1 if sent else -1
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Mark one request as being answered (read, routed, written) for :meth:`wait_idle`."""
+        with self._lock:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._answering -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being answered; False if ``timeout`` ran out first."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._answering == 0, timeout)
+
+    def record_reply(self, reply: _Reply) -> Callable[[], None]:
+        """Count a reply and bill it; the returned call takes it back if it fails to send.
+
+        The take-back goes to the stats that counted the reply, so a reply to a client
+        that died while :meth:`reset` ran cannot subtract from the fresh stats."""
         with self._lock:
             stats = self._stats
-            if reply.counted:
-                _add(stats.responses_by_status, reply.status, sign)
-            if reply.bill is not None:
-                _add(stats.billed_tokens_by_model, reply.bill.model, sign * reply.bill.tokens)
-                _add(stats.billed_inputs_by_model, reply.bill.model, sign * reply.bill.inputs)
+            _record(stats, reply, 1)
+
+        def take_back() -> None:
+            with self._lock:
+                _record(stats, reply, -1)
+
+        return take_back
 
     # -- routing
 
@@ -1012,6 +1035,14 @@ class _FakeOpenAIApp:
             self.stopping.wait(seconds)
 
 
+def _record(stats: _StatsRecorder, reply: _Reply, sign: int) -> None:
+    if reply.counted:
+        _add(stats.responses_by_status, reply.status, sign)
+    if reply.bill is not None:
+        _add(stats.billed_tokens_by_model, reply.bill.model, sign * reply.bill.tokens)
+        _add(stats.billed_inputs_by_model, reply.bill.model, sign * reply.bill.inputs)
+
+
 def _add(counter: Counter[Any], key: object, amount: int) -> None:
     counter[key] += amount
     if counter[key] == 0:
@@ -1041,10 +1072,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        self._answer(b"")
+        with self.server.app.answering():
+            self._answer(b"")
 
     def do_POST(self) -> None:
-        self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        with self.server.app.answering():
+            self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
     def log_message(self, *args: Any) -> None:
         """Stay quiet: tests and benchmarks read ``/_stats``, not access logs."""
@@ -1061,9 +1094,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         # Count before writing: a client that has its reply must already see it billed.
-        app.record_reply(reply)
+        take_back = app.record_reply(reply)
         if not self._write(reply):
-            app.record_reply(reply, sent=False)
+            take_back()
 
     def _write(self, reply: _Reply) -> bool:
         try:
@@ -1200,6 +1233,12 @@ class FakeOpenAIServer:
     def reset(self) -> None:
         """Back to the construction-time config, with empty stats and full buckets."""
         self._app.reset()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is being answered, e.g. those of a client just killed:
+        its replies are still being counted (or taken back) until their writes fail."""
+        if not self._app.wait_idle(timeout):
+            raise TimeoutError(f"the fake API server was still answering after {timeout} s")
 
 
 # ------------------------------------------------------------------- remote control

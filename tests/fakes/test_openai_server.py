@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ import pytest
 from tests.fakes.openai_server import (
     FakeOpenAIServer,
     FakeServerConfig,
+    _FakeOpenAIApp,
     billed_tokens,
     configure_remote,
     count_tokens,
@@ -410,6 +412,42 @@ def test_hang_times_out_the_client_and_stop_does_not_wait_for_it() -> None:
         srv.stop()
     assert time.monotonic() - started < 2.0
     assert stats.injected_faults["timeout"] == 1 and stats.billed_tokens_by_model == {}
+
+
+def test_a_reply_taken_back_after_a_reset_leaves_the_fresh_stats_alone() -> None:
+    # A client killed while its reply is written: the reply was counted, then reset() ran,
+    # then the write failed. The take-back belongs to the stats that counted it; landing in
+    # the fresh stats billed a later run 76 tokens less than it was sent (CI, stop 18).
+    app = _FakeOpenAIApp(FakeServerConfig(), time.monotonic)
+    body = f'{{"model": "{MODEL}", "input": ["a b c", "d e"]}}'.encode()
+    reply = app.embeddings(body)
+    assert reply.status == 200 and reply.bill is not None
+    take_back = app.record_reply(reply)
+    assert app.stats().billed_inputs_by_model == {MODEL: 2}
+    app.reset()
+    take_back()
+    fresh = app.stats()
+    assert fresh.billed_tokens_by_model == {} and fresh.responses_by_status == {}
+    counted = app.record_reply(app.embeddings(body))
+    counted()  # before any reset: taken back from the same stats
+    assert app.stats().billed_inputs_by_model == {} and app.stats().requests_total == 1
+
+
+def test_wait_idle_waits_for_a_reply_in_progress(server: FakeOpenAIServer, client: openai.OpenAI) -> None:
+    server.configure(latency_s=0.3)
+    caller = threading.Thread(target=client.embeddings.create, kwargs={"model": MODEL, "input": "a"})
+    caller.start()
+    while server.stats().requests_total == 0:
+        time.sleep(0.005)
+    assert server.stats().responses_by_status == {}
+    server.wait_idle(timeout=5)
+    assert server.stats().responses_by_status == {200: 1}
+    caller.join(timeout=5)
+    server.configure(hang_s=30, timeout_rate=1.0)
+    with make_client(server, timeout=0.1) as short, pytest.raises(openai.APITimeoutError):
+        short.embeddings.create(model=MODEL, input="a")
+    with pytest.raises(TimeoutError, match="still answering"):
+        server.wait_idle(timeout=0.1)
 
 
 # ------------------------------------------------------------------ control surfaces
