@@ -731,7 +731,8 @@ class _Reply:
     """Close the connection without writing anything (a hang's end)."""
     bill: _Bill | None = None
     counted: bool = False
-    """An embeddings reply, counted in ``responses_by_status`` once written."""
+    """An embeddings reply, counted in ``responses_by_status`` once written (a reply the
+    client hung up on is billed but not counted)."""
 
 
 def _json_reply(
@@ -871,19 +872,26 @@ class _FakeOpenAIApp:
             return self._idle.wait_for(lambda: self._answering == 0, timeout)
 
     def record_reply(self, reply: _Reply) -> Callable[[], None]:
-        """Count a reply and bill it; the returned call takes it back if it fails to send.
+        """Count a reply and bill it; the returned call marks it undelivered.
 
-        The take-back goes to the stats that counted the reply, so a reply to a client
-        that died while :meth:`reset` ran cannot subtract from the fresh stats."""
+        A reply the client hung up on stays billed, as a provider bills the work it did
+        whether or not the client reads the answer; only its status is taken back, since
+        no client saw it. The take-back goes to the stats that counted the reply, so a
+        reply to a client that died while :meth:`reset` ran leaves the fresh stats alone."""
         with self._lock:
             stats = self._stats
-            _record(stats, reply, 1)
+            if reply.counted:
+                _add(stats.responses_by_status, reply.status, 1)
+            if reply.bill is not None:
+                _add(stats.billed_tokens_by_model, reply.bill.model, reply.bill.tokens)
+                _add(stats.billed_inputs_by_model, reply.bill.model, reply.bill.inputs)
 
-        def take_back() -> None:
-            with self._lock:
-                _record(stats, reply, -1)
+        def undelivered() -> None:
+            if reply.counted:
+                with self._lock:
+                    _add(stats.responses_by_status, reply.status, -1)
 
-        return take_back
+        return undelivered
 
     # -- routing
 
@@ -1035,14 +1043,6 @@ class _FakeOpenAIApp:
             self.stopping.wait(seconds)
 
 
-def _record(stats: _StatsRecorder, reply: _Reply, sign: int) -> None:
-    if reply.counted:
-        _add(stats.responses_by_status, reply.status, sign)
-    if reply.bill is not None:
-        _add(stats.billed_tokens_by_model, reply.bill.model, sign * reply.bill.tokens)
-        _add(stats.billed_inputs_by_model, reply.bill.model, sign * reply.bill.inputs)
-
-
 def _add(counter: Counter[Any], key: object, amount: int) -> None:
     counter[key] += amount
     if counter[key] == 0:
@@ -1094,9 +1094,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         # Count before writing: a client that has its reply must already see it billed.
-        take_back = app.record_reply(reply)
+        undelivered = app.record_reply(reply)
         if not self._write(reply):
-            take_back()
+            undelivered()
 
     def _write(self, reply: _Reply) -> bool:
         try:
@@ -1109,7 +1109,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(reply.body)
             self.wfile.flush()
-        except OSError:  # the client hung up; the reply was not delivered, so not billed
+        except OSError:  # the client hung up: not delivered, but billed all the same
             self.close_connection = True
             return False
         return True

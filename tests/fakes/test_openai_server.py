@@ -10,12 +10,14 @@ import base64
 import math
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -414,23 +416,39 @@ def test_hang_times_out_the_client_and_stop_does_not_wait_for_it() -> None:
     assert stats.injected_faults["timeout"] == 1 and stats.billed_tokens_by_model == {}
 
 
-def test_a_reply_taken_back_after_a_reset_leaves_the_fresh_stats_alone() -> None:
+def test_a_reply_undelivered_after_a_reset_leaves_the_fresh_stats_alone() -> None:
     # A client killed while its reply is written: the reply was counted, then reset() ran,
     # then the write failed. The take-back belongs to the stats that counted it; landing in
-    # the fresh stats billed a later run 76 tokens less than it was sent (CI, stop 18).
+    # the fresh stats, it billed a later run 76 tokens less than it was sent (CI, stop 18).
     app = _FakeOpenAIApp(FakeServerConfig(), time.monotonic)
     body = f'{{"model": "{MODEL}", "input": ["a b c", "d e"]}}'.encode()
-    reply = app.embeddings(body)
-    assert reply.status == 200 and reply.bill is not None
-    take_back = app.record_reply(reply)
-    assert app.stats().billed_inputs_by_model == {MODEL: 2}
+    undelivered = app.record_reply(app.embeddings(body))
     app.reset()
-    take_back()
+    undelivered()
     fresh = app.stats()
     assert fresh.billed_tokens_by_model == {} and fresh.responses_by_status == {}
-    counted = app.record_reply(app.embeddings(body))
-    counted()  # before any reset: taken back from the same stats
-    assert app.stats().billed_inputs_by_model == {} and app.stats().requests_total == 1
+    app.record_reply(app.embeddings(body))
+    assert app.stats().responses_by_status == {200: 1}
+
+
+def test_a_client_that_hangs_up_before_its_reply_is_billed_all_the_same(server: FakeOpenAIServer) -> None:
+    # The provider did the work: it bills it whether or not the client reads the reply (the
+    # strict side for budgets). The client resets its connection (SO_LINGER 0) while the
+    # server waits out its latency, so the server's write fails for sure.
+    server.configure(latency_s=0.3)
+    body = f'{{"model": "{MODEL}", "input": ["a b c"]}}'.encode()
+    request = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    address = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as conn:
+        conn.sendall(request)
+        while server.stats().requests_total == 0:
+            time.sleep(0.005)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.wait_idle(timeout=5)
+    stats = server.stats()
+    assert stats.billed_inputs_by_model == {MODEL: 1} and stats.billed_tokens_total > 0
+    assert stats.responses_by_status == {}  # no client saw it
 
 
 def test_wait_idle_waits_for_a_reply_in_progress(server: FakeOpenAIServer, client: openai.OpenAI) -> None:
