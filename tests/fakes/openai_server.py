@@ -16,9 +16,10 @@ rate limits at least as strict as the real service's:
   tokens``, "Request too large"), retry-after included, so waiting never helps.
 
 Faults on demand: random 5xx, scripted statuses, hangs, refused connections, malformed
-bodies, a dead server and poison inputs. It bills only the 200 replies it actually sent,
-so a test can prove that a client paid for each document once and never sent a request
-over a limit.
+bodies, a dead server and poison inputs. It bills every 200 reply it served, including
+one whose client had hung up (timed out, killed) before it was written, as a provider
+bills the work it did; so a test can prove that a client paid for each document once,
+never sent a request over a limit, and accounts for what it gave up on.
 
 The server never retries anything; the retry layer belongs to the client under test.
 
