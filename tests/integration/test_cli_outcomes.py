@@ -55,7 +55,9 @@ def test_hostile_input_with_the_api_down_fails_clearly_then_replay_completes(tmp
             "api": {"endpoint": "custom", "base_url": api.base_url, "api_key": "test",
                     "models": [{"version": "fake-v1", "model": "fake", "price_per_million_tokens": 1.0}],
                     "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
-                    "breaker": {"failure_threshold": 1, "on_open": "dead_letter"}},
+                    # probes every 0.5 s for 2 s, not the default 30 s for 120 s
+                    "breaker": {"failure_threshold": 1, "on_open": "dead_letter",
+                                "reset_after_s": 0.5, "max_wait_s": 2.0}},
             "routing": {"rules": [{"field": "priority", "equals": "high", "tier": "api"}],
                         "api_threshold": 1.0},
             "sink": {"lancedb": {"uri": str(tmp_path / "store")}},
