@@ -387,8 +387,9 @@ def test_a_killed_embed_leaves_every_billed_reply_in_the_ledger_and_the_rerun_pa
             child.kill()
             child.wait()
 
-    # The kill leaves replies being written to a dead socket; let the server count them (or
-    # take them back) before reading its bill and resetting it for the re-run.
+    # The kill leaves requests being served for a dead client (billed all the same, as a
+    # provider bills them); let the server finish them before reading its bill and resetting
+    # it for the re-run.
     server.wait_idle()
     killed = server.stats()
     in_flight = 4 * 4  # requests in flight x inputs per request
