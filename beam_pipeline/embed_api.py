@@ -35,9 +35,10 @@ dead-lettered, retryable, instead.
 
 Counters (namespace ``tierembed``): ``embedded.api.<v>``, ``chunks.api.<v>``,
 ``chunked.api.<v>``, ``est_tokens.api.<v>`` (estimates) apart from ``billed_tokens.api.<v>``
-(every billed token of every reply) and ``unmetered_tokens.api.<v>`` (estimated tokens of
-replies without ``usage``), ``fell_back.api.<v>`` (every document re-targeted to local,
-whatever the reason) and its subset ``fell_back_budget.api.<v>``,
+(every billed token of every reply), ``unmetered_tokens.api.<v>`` (estimated tokens of
+replies without ``usage``) and ``timed_out_tokens.api.<v>`` (estimated tokens of requests
+that timed out, which the provider may have billed unseen), ``fell_back.api.<v>`` (every
+document re-targeted to local, whatever the reason) and its subset ``fell_back_budget.api.<v>``,
 ``api_requests.<v>.<status>``, ``api_retries.<v>``, ``rate_limit_wait_ms.<v>``,
 ``api_breaker.<v>.<from>-><to>`` (each breaker transition), ``api_breaker_wait_ms.<v>``,
 ``api_size_splits.<v>``, ``api_budget_splits.<v>``, ``dead_letters.embed``; distribution
@@ -348,6 +349,8 @@ class _ApiEmbedFn(beam.DoFn):  # type: ignore[misc]
         _counter(f"rate_limit_wait_ms.{version}").inc(int(stats.rate_limit_wait_s * 1000))
         if stats.unmetered_tokens:
             _counter(f"unmetered_tokens.api.{version}").inc(stats.unmetered_tokens)
+        if stats.timed_out_est_tokens:
+            _counter(f"timed_out_tokens.api.{version}").inc(stats.timed_out_est_tokens)
         dist = beam.metrics.Metrics.distribution("tierembed", f"api_latency_ms.{version}")
         for latency in stats.latencies_s:
             dist.update(int(latency * 1000))

@@ -178,7 +178,8 @@ def _report_from_dict(d: dict) -> "object":
     lines = tuple(
         TierLine(t["tier"], t["model_version"], t["model"], t["routed"], t["documents"],
                  t["chunked_documents"], t["chunks"], t["est_tokens"], t["billed_tokens"],
-                 t["est_cost_usd"], t["cost_usd"], t["fell_back"], t.get("unmetered_tokens", 0))
+                 t["est_cost_usd"], t["cost_usd"], t["fell_back"], t.get("unmetered_tokens", 0),
+                 t.get("timed_out_tokens", 0))
         for t in d["tiers"]
     )
     return RunReport(

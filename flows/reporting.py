@@ -85,6 +85,8 @@ def render_text(report: RunReport) -> str:
             + (f"  ({t.fell_back} fell back to local)" if t.fell_back else "")
             + (f"  ({t.unmetered_tokens} tokens had no usage in the reply: charged at the estimate)"
                if t.unmetered_tokens else "")
+            + (f"  (~{t.timed_out_tokens} tokens in requests that timed out: the provider may have "
+               "billed them too, unseen; raise api.timeout_s)" if t.timed_out_tokens else "")
         )
     lines.append(f"  total billed cost {_usd(report.cost_usd)} (estimated {_usd(report.est_cost_usd)})")
     lines.append(_budget_line(report))

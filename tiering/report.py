@@ -46,6 +46,7 @@ class TierLine:
     cost_usd: float
     fell_back: int = 0
     unmetered_tokens: int = 0  # sent, but the reply had no usage: charged at the estimate
+    timed_out_tokens: int = 0  # estimated tokens of requests that timed out: maybe billed, unseen
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ def _line_dict(line: TierLine) -> dict[str, object]:
         "chunked_documents": line.chunked_documents, "chunks": line.chunks,
         "est_tokens": line.est_tokens, "billed_tokens": line.billed_tokens,
         "est_cost_usd": line.est_cost_usd, "cost_usd": line.cost_usd, "fell_back": line.fell_back,
-        "unmetered_tokens": line.unmetered_tokens,
+        "unmetered_tokens": line.unmetered_tokens, "timed_out_tokens": line.timed_out_tokens,
     }
 
 
@@ -206,6 +207,7 @@ def _line(tier: str, version: str, model: str, c: Mapping[str, int], price: Pric
         cost_usd=cost_usd(billed + unmetered, price) if price else 0.0,
         fell_back=c.get(f"fell_back.{tier}.{version}", 0),
         unmetered_tokens=unmetered,
+        timed_out_tokens=c.get(f"timed_out_tokens.{tier}.{version}", 0),
     )
 
 

@@ -144,6 +144,33 @@ def test_documents_are_embedded_chunked_and_billed_exactly_and_poison_is_dead_le
     assert counters[f"embedded.api.{VERSION}"] == 7 and counters[f"chunked.api.{VERSION}"] == 1
     assert counters["dead_letters.embed"] == 1
     assert counters[f"api_requests.{VERSION}.400"] >= 1
+    assert f"timed_out_tokens.api.{VERSION}" not in counters  # nothing timed out
+
+
+def test_tokens_of_requests_that_timed_out_reach_the_counters_and_the_report(
+    server: FakeOpenAIServer,
+) -> None:
+    # 40 ms per input and a 0.5 s timeout: the first request of 32 documents times out and is
+    # halved until it fits. The provider bills the timed-out requests too; the report says so.
+    from flows.reporting import render_text
+    from tiering.report import build_report
+
+    server.configure(latency_per_input_s=0.04)
+    docs = [routed(f"d{i}", listing(i)) for i in range(32)]
+    counters = run_stage(branch(server, timeout_s=0.5, breaker_failure_threshold=50), docs,
+                         embedded=ids({f"d{i}" for i in range(32)}), fallback=ids(set()), dead=ids(set()))
+    server.wait_idle()
+
+    timed_out = counters[f"timed_out_tokens.api.{VERSION}"]
+    billed = counters[f"billed_tokens.api.{VERSION}"]
+    assert counters[f"api_requests.{VERSION}.timeout"] >= 1
+    assert timed_out >= sum(estimate_tokens(d.scored.document.text) for d in docs)  # the 32 at least
+    assert server.stats().billed_tokens_total > billed  # the timed-out requests were billed
+    report = build_report(run_id="r", source="s", counters=counters, local_models={},
+                          api_models={VERSION: (MODEL, PRICE)}, dead_letter_path="")
+    (line,) = report.lines
+    assert line.timed_out_tokens == timed_out and line.billed_tokens == billed
+    assert f"~{timed_out} tokens in requests that timed out" in render_text(report)
 
 
 def test_dead_endpoint_trips_the_breaker_and_documents_fall_back_to_local(server: FakeOpenAIServer) -> None:
