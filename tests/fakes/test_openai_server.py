@@ -416,6 +416,13 @@ def test_hang_times_out_the_client_and_stop_does_not_wait_for_it() -> None:
     assert stats.injected_faults["timeout"] == 1 and stats.billed_tokens_by_model == {}
 
 
+def _wait_for_a_request(server: FakeOpenAIServer) -> None:
+    deadline = time.monotonic() + 10
+    while server.stats().requests_total == 0:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.005)
+
+
 def test_a_reply_undelivered_after_a_reset_leaves_the_fresh_stats_alone() -> None:
     # A client killed while its reply is written: the reply was counted, then reset() ran,
     # then the write failed. The take-back belongs to the stats that counted it; landing in
@@ -435,15 +442,14 @@ def test_a_client_that_hangs_up_before_its_reply_is_billed_all_the_same(server: 
     # The provider did the work: it bills it whether or not the client reads the reply (the
     # strict side for budgets). The client resets its connection (SO_LINGER 0) while the
     # server waits out its latency, so the server's write fails for sure.
-    server.configure(latency_s=0.3)
+    server.configure(latency_s=1.0)
     body = f'{{"model": "{MODEL}", "input": ["a b c"]}}'.encode()
     request = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     address = urllib.parse.urlsplit(server.url)
     with socket.create_connection((address.hostname, address.port), timeout=5) as conn:
         conn.sendall(request)
-        while server.stats().requests_total == 0:
-            time.sleep(0.005)
+        _wait_for_a_request(server)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     server.wait_idle(timeout=5)
     stats = server.stats()
@@ -452,11 +458,10 @@ def test_a_client_that_hangs_up_before_its_reply_is_billed_all_the_same(server: 
 
 
 def test_wait_idle_waits_for_a_reply_in_progress(server: FakeOpenAIServer, client: openai.OpenAI) -> None:
-    server.configure(latency_s=0.3)
+    server.configure(latency_s=1.0)
     caller = threading.Thread(target=client.embeddings.create, kwargs={"model": MODEL, "input": "a"})
     caller.start()
-    while server.stats().requests_total == 0:
-        time.sleep(0.005)
+    _wait_for_a_request(server)
     assert server.stats().responses_by_status == {}
     server.wait_idle(timeout=5)
     assert server.stats().responses_by_status == {200: 1}
