@@ -857,7 +857,7 @@ class _FakeOpenAIApp:
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:
-        """Mark one request as being answered (read, routed, written) for :meth:`wait_idle`."""
+        """Mark one request as being answered (routed, written) for :meth:`wait_idle`."""
         with self._lock:
             self._answering += 1
         try:
@@ -1073,31 +1073,30 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        with self.server.app.answering():
-            self._answer(b"")
+        self._answer(b"")
 
     def do_POST(self) -> None:
-        with self.server.app.answering():
-            self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
     def log_message(self, *args: Any) -> None:
         """Stay quiet: tests and benchmarks read ``/_stats``, not access logs."""
 
     def _answer(self, body: bytes) -> None:
         app = self.server.app
-        try:
-            key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-            reply = app.route(self.command, self.path, body, key)
-        except Exception as exc:  # noqa: BLE001 - a fake's bug must reach the test as a 500
-            bug = _RequestError(500, f"fake server bug: {exc!r}", error_type="server_error")
-            reply = _error_reply(bug, counted=False)
-        if reply.drop:
-            self.close_connection = True
-            return
-        # Count before writing: a client that has its reply must already see it billed.
-        undelivered = app.record_reply(reply)
-        if not self._write(reply):
-            undelivered()
+        with app.answering():
+            try:
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                reply = app.route(self.command, self.path, body, key)
+            except Exception as exc:  # noqa: BLE001 - a fake's bug must reach the test as a 500
+                bug = _RequestError(500, f"fake server bug: {exc!r}", error_type="server_error")
+                reply = _error_reply(bug, counted=False)
+            if reply.drop:
+                self.close_connection = True
+                return
+            # Count before writing: a client that has its reply must already see it billed.
+            undelivered = app.record_reply(reply)
+            if not self._write(reply):
+                undelivered()
 
     def _write(self, reply: _Reply) -> bool:
         try:
